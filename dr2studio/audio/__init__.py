@@ -1,0 +1,1 @@
+"""Audio I/O, effects, stems and DAW project folders."""

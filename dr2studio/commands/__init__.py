@@ -1,0 +1,1 @@
+"""Subcommands of the ``dr2studio`` CLI, one module each."""

@@ -1,0 +1,1 @@
+"""Block flow matching: the training objective, the KV-cached sampler, REPA and preference losses."""

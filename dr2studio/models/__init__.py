@@ -1,0 +1,1 @@
+"""Neural networks: the DiT, the music VAE (encoder, BigVGAN decoder) and discriminators."""
