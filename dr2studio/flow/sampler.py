@@ -1,0 +1,279 @@
+"""KV-cached block flow matching sampler (the DiffRhythm 2 inference loop, done for production).
+
+Shape legend: B batch, N lyric tokens, P prefix frames, b block size, M latent channels.
+
+Semantics follow the released sampler (``shared/design/dr2-format.md`` §3): the lyrics are cached
+once per guidance branch (the unconditional branch sees every token replaced by id 0 and a zero
+style), each block is integrated with Euler steps on ``linspace(0, 1, steps)`` with guidance
+``v = v_c + (v_c − v_u)·cfg``, and the finished block is pushed into the cache with time +1.
+Differences, on purpose: both guidance branches run as one batched forward; the cache is
+preallocated (:mod:`dr2studio.flow.kv_cache`); batches, padded lyrics, a clean prefix to continue
+from, seeded noise and streaming are supported; the end-of-prediction trim keeps the last real
+frame (the reference drops it) and the output never exceeds ``max_frames``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from dr2studio.flow.kv_cache import BlockKVCache, block_causal_mask
+from dr2studio.models.dit import COND_DIM, DiT, rotary_tables
+
+__all__ = ["EOP_THRESHOLD", "SamplerSettings", "BlockSampler", "sample_latents", "eop_distance"]
+
+log = logging.getLogger(__name__)
+
+EOP_THRESHOLD = 0.05  # mean squared distance to the all-ones end-of-prediction frame
+
+BlockCallback = Callable[[int, Tensor], None]
+
+
+def eop_distance(frames: Tensor) -> Tensor:
+    """Mean squared distance of each frame to the all-ones frame: ``[..., M] -> [...]``."""
+    return (frames.float() - 1.0).pow(2).mean(dim=-1)
+
+
+@dataclasses.dataclass
+class SamplerSettings:
+    """Knobs of one sampling run (stored in song sidecars so a take can be reproduced)."""
+
+    steps: int = 32
+    cfg_strength: float = 2.0
+    num_history_block: int | None = None
+    eop_threshold: float = EOP_THRESHOLD
+
+    def validate(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 2:
+            raise ValueError(f"steps must be an integer >= 2 (grid points, steps-1 Euler steps), got {self.steps!r}")
+        if not math.isfinite(self.cfg_strength) or self.cfg_strength < 0:
+            raise ValueError(f"cfg_strength must be a finite number >= 0, got {self.cfg_strength!r}")
+        if self.num_history_block is not None and self.num_history_block < 0:
+            raise ValueError(f"num_history_block must be >= 0 or None, got {self.num_history_block!r}")
+
+
+class BlockSampler:
+    """Generates a song block by block; iterate :meth:`blocks` for streaming.
+
+    After iteration, :attr:`latents` ``[B, T, M]`` holds the whole stream (prefix included,
+    trimmed) and :attr:`lengths` ``[B]`` the number of valid frames of each batch element.
+    """
+
+    def __init__(
+        self,
+        model: DiT,
+        tokens: Tensor,
+        style: Tensor,
+        max_frames: int,
+        settings: SamplerSettings | None = None,
+        *,
+        noise: Tensor | None = None,
+        prefix: Tensor | None = None,
+        token_lengths: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.settings = settings or SamplerSettings()
+        self.settings.validate()
+        cfg = model.config
+        self.model, self.block_size, self.mel_dim = model, cfg.block_size, cfg.mel_dim
+        device, dtype = model.device, model.dtype
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, N] lyric ids, got shape {tuple(tokens.shape)}")
+        self.batch = tokens.shape[0]
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) > cfg.text_num_embeds):
+            raise ValueError(f"token ids must lie in [0, {cfg.text_num_embeds}], got [{int(tokens.min())}, {int(tokens.max())}]")
+        if style.shape != (self.batch, COND_DIM):
+            raise ValueError(f"style must be [B, {COND_DIM}] = [{self.batch}, {COND_DIM}], got {tuple(style.shape)}")
+        if not torch.isfinite(style).all():
+            raise ValueError("style contains NaN or infinite values")
+        if not isinstance(max_frames, int) or max_frames <= 0:
+            raise ValueError(f"max_frames must be a positive integer, got {max_frames!r}")
+        self.prefix_len = 0 if prefix is None else prefix.shape[1]
+        if prefix is not None and (prefix.dim() != 3 or prefix.shape[0] != self.batch or prefix.shape[2] != self.mel_dim):
+            raise ValueError(f"prefix must be [B, P, {self.mel_dim}] with B={self.batch}, got {tuple(prefix.shape)}")
+        if max_frames <= self.prefix_len:
+            raise ValueError(f"max_frames ({max_frames}) must exceed the prefix length ({self.prefix_len} frames)")
+        self.max_frames = max_frames
+        self.num_blocks = math.ceil((max_frames - self.prefix_len) / self.block_size)
+        needed = self.num_blocks * self.block_size
+        if noise is not None and (noise.dim() != 3 or noise.shape[0] != self.batch or noise.shape[1] < needed or noise.shape[2] != self.mel_dim):
+            raise ValueError(f"noise must be [B, >= {needed}, {self.mel_dim}] (one block of noise per generated block), got {tuple(noise.shape)}")
+        self.noise, self.generator = noise, generator
+        self.guided = self.settings.cfg_strength >= 1e-5
+        branches = 2 if self.guided else 1
+
+        n_text = tokens.shape[1]
+        text_mask = None
+        if token_lengths is not None:
+            token_lengths = token_lengths.to(device)
+            text_mask = torch.arange(n_text, device=device)[None, :] < token_lengths[:, None]
+            if bool(text_mask.all()):
+                text_mask = None
+        self._tokens = tokens.to(device)
+        self._style = style.to(device=device, dtype=dtype)
+        capacity = self.prefix_len + needed
+        self.cache = BlockKVCache(
+            layers=cfg.depth,
+            batch=branches * self.batch,
+            heads=cfg.heads,
+            head_dim=cfg.head_dim,
+            text_len=n_text,
+            capacity=capacity,
+            block_size=self.block_size,
+            dtype=dtype,
+            device=device,
+            text_mask=None if text_mask is None else text_mask.repeat(branches, 1),
+            history_blocks=self.settings.num_history_block,
+        )
+        cos, sin = rotary_tables(torch.arange(max(n_text, capacity), device=device)[None], cfg.head_dim, dtype)
+        self._cos, self._sin = cos, sin
+        self.stream = torch.zeros(self.batch, capacity, self.mel_dim, device=device, dtype=torch.float32)
+        if prefix is not None:
+            self.stream[:, : self.prefix_len] = prefix.to(device=device, dtype=torch.float32)
+        self.lengths = torch.full((self.batch,), -1, dtype=torch.long)  # -1: not ended yet
+        self._grid = torch.linspace(0.0, 1.0, self.settings.steps, device=device, dtype=torch.float32)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _branch_style(self) -> Tensor:
+        if not self.guided:
+            return self._style
+        return torch.cat((self._style, torch.zeros_like(self._style)))
+
+    def _rope(self, start: int, n: int) -> tuple[Tensor, Tensor]:
+        return self._cos[:, :, start : start + n], self._sin[:, :, start : start + n]
+
+    def _dup(self, x: Tensor) -> Tensor:
+        return torch.cat((x, x)) if self.guided else x
+
+    def _time(self, value: Tensor | float, n_branch_rows: int) -> Tensor:
+        return torch.full((n_branch_rows, 1), float(value), device=self.model.device, dtype=torch.float32)
+
+    def _block_noise(self, index: int) -> Tensor:
+        b, m = self.block_size, self.mel_dim
+        if self.noise is not None:
+            x = self.noise[:, index * b : (index + 1) * b]
+        else:
+            gen_device = self.generator.device if self.generator is not None else self.model.device
+            x = torch.randn(self.batch, b, m, generator=self.generator, device=gen_device)
+        return x.to(device=self.model.device, dtype=torch.float32)
+
+    # -- the passes ----------------------------------------------------------------------------
+    def _cache_text(self, style: Tensor) -> None:
+        n_text = self._tokens.shape[1]
+        if n_text == 0:
+            return
+        tokens = torch.cat((self._tokens, torch.zeros_like(self._tokens))) if self.guided else self._tokens
+        self.cache.begin_text()
+        x = self.model.embed_text(tokens)
+        self.model(x, self._time(-1.0, x.shape[0]), style, self._rope(0, n_text), self.cache, need_output=False)
+
+    def _store(self, frames: Tensor, style: Tensor, start: int, query_mask: Tensor | None = None) -> None:
+        """Push clean frames ``[B, n, M]`` into both caches with time +1."""
+        n = frames.shape[1]
+        self.cache.begin_block(n, query_mask=query_mask)
+        e = self.model.embed_latents(self._dup(frames))
+        self.model(e, self._time(1.0, e.shape[0]), style, self._rope(start, n), self.cache, need_output=False)
+        self.cache.commit()
+
+    def _integrate(self, x: Tensor, style: Tensor, start: int) -> Tensor:
+        """Euler from noise (t=0) to data along the grid; velocity never evaluated at t=1."""
+        b, cfg = self.block_size, self.settings.cfg_strength
+        rope = self._rope(start, b)
+        rows = style.shape[0]
+        for k in range(self.settings.steps - 1):
+            t, dt = self._grid[k], self._grid[k + 1] - self._grid[k]
+            self.cache.begin_block(b)
+            v = self.model(self.model.embed_latents(self._dup(x)), self._time(t, rows), style, rope, self.cache).float()
+            if self.guided:
+                v_c, v_u = v[: self.batch], v[self.batch :]
+                v = v_c + (v_c - v_u) * cfg
+            x = x + dt * v
+        return x
+
+    def _check_end(self, end_frame: int) -> None:
+        """Mark batch elements whose newest frame is an end-of-prediction frame."""
+        thr = self.settings.eop_threshold
+        last = eop_distance(self.stream[:, end_frame - 1]).cpu()
+        for i in range(self.batch):
+            if self.lengths[i] >= 0 or last[i] > thr:
+                continue
+            real = (eop_distance(self.stream[i, :end_frame]) > thr).nonzero()
+            self.lengths[i] = int(real[-1]) + 1 if len(real) else 0
+
+    @torch.inference_mode()
+    def blocks(self, on_block: BlockCallback | None = None) -> Iterator[Tensor]:
+        """Yield each finished block's kept frames ``[B, k, M]`` (k < b only at the end)."""
+        style = self._branch_style()
+        self._cache_text(style)
+        pos = self.prefix_len
+        if self.prefix_len:
+            mask = block_causal_mask(self.prefix_len, self.block_size, self.model.device, self.settings.num_history_block)
+            self._store(self.stream[:, : self.prefix_len], style, 0, query_mask=mask)
+        for index in range(self.num_blocks):
+            x = self._integrate(self._block_noise(index), style, pos)
+            self._store(x, style, pos)
+            self.stream[:, pos : pos + self.block_size] = x
+            pos += self.block_size
+            self._check_end(pos)
+            ends = torch.where(self.lengths >= 0, self.lengths, torch.tensor(pos)).clamp(max=self.max_frames)
+            kept = int(ends.max()) - (pos - self.block_size)
+            log.debug("block %d/%d done (%d frames kept)", index + 1, self.num_blocks, kept)
+            if kept > 0:
+                chunk = self.stream[:, pos - self.block_size : pos - self.block_size + kept].clone()
+                if on_block is not None:
+                    on_block(index, chunk)
+                yield chunk
+            if bool((self.lengths >= 0).all()) or pos >= self.max_frames:
+                break
+        self.lengths = torch.where(self.lengths >= 0, self.lengths, torch.tensor(pos)).clamp(max=self.max_frames)
+
+    @property
+    def latents(self) -> Tensor:
+        """The finished stream ``[B, max(lengths), M]``; frames past an element's length are zero."""
+        total = int(self.lengths.max())
+        out = self.stream[:, :total].clone()
+        valid = torch.arange(total)[None, :] < self.lengths[:, None]
+        return out * valid[..., None].to(out.device)
+
+
+def sample_latents(
+    model: DiT,
+    tokens: Tensor,
+    style: Tensor,
+    max_frames: int,
+    steps: int = 32,
+    cfg_strength: float = 2.0,
+    noise: Tensor | None = None,
+    prefix: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    on_block: BlockCallback | None = None,
+    *,
+    token_lengths: Tensor | None = None,
+    num_history_block: int | None = None,
+    eop_threshold: float = EOP_THRESHOLD,
+) -> Tensor:
+    """Sample a song's latents block by block.
+
+    Args:
+        model: the DiT (eval mode).
+        tokens: ``[B, N]`` lyric ids (pad with 0 and give ``token_lengths`` for ragged batches).
+        style: ``[B, 512]`` style embeddings.
+        max_frames: the most frames to return, prefix included (5 frames per second).
+        steps: time-grid points per block (``steps − 1`` Euler steps).
+        cfg_strength: classifier-free guidance weight (0 disables the unconditional branch).
+        noise: ``[B, F, M]`` initial noise of each generated block in order.
+        prefix: ``[B, P, M]`` clean latents to continue from (returned as the first P frames).
+        generator: seeds the noise when ``noise`` is not given.
+        on_block: called as ``on_block(i, frames[B, k, M])`` with every finished block.
+    Returns:
+        ``[B, T, M]`` latents, T ≤ max_frames, trailing end-of-prediction frames trimmed.
+    """
+    settings = SamplerSettings(steps=steps, cfg_strength=cfg_strength, num_history_block=num_history_block, eop_threshold=eop_threshold)
+    sampler = BlockSampler(model, tokens, style, max_frames, settings, noise=noise, prefix=prefix, token_lengths=token_lengths, generator=generator)
+    for _ in sampler.blocks(on_block):
+        pass
+    return sampler.latents

@@ -1,0 +1,303 @@
+"""The DiffRhythm 2 diffusion transformer, written to load the released weights unchanged.
+
+Shape legend: B batch, N lyric tokens, T latent frames, n tokens in one call, D model width,
+H heads, hd head width, M latent channels (``mel_dim``), C = 512 condition width.
+
+Module and parameter names follow the released ``model.safetensors`` (minus its ``transformer.``
+prefix), so a state dict loads with strict key matching. Facts (not code) come from
+``shared/design/dr2-format.md`` §2. Attention is delegated to an *attention context*
+(:class:`MaskedAttention` for whole sequences, ``BlockKVCache`` in the sampler), so the same
+blocks serve teacher-forced training and KV-cached block sampling.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dr2studio.config import ConfigError, JsonConfig
+
+__all__ = ["COND_DIM", "DiTConfig", "DiT", "AttentionContext", "MaskedAttention", "rotary_tables"]
+
+COND_DIM = 512  # style, text-embedding and time-embedding width (hard-coded in the release)
+TIME_FREQ_DIM = 256
+RMS_EPS = 1e-6
+ROPE_THETA = 10000.0
+
+
+@dataclasses.dataclass
+class DiTConfig(JsonConfig):
+    """``model.json``: the keys the released DiT reads (others are kept in ``extra``)."""
+
+    dim: int = 2048
+    depth: int = 8
+    heads: int = 8
+    ff_mult: int = 4
+    mel_dim: int = 100
+    text_num_embeds: int = 256
+    block_size: int = 10
+    long_skip_connection: bool = False
+    repa_depth: int = -1
+    repa_dims: list[int] = dataclasses.field(default_factory=lambda: [1024])
+    conv_layers: int = 0  # accepted by the release, unused
+
+    def validate(self) -> None:
+        for name in ("dim", "depth", "heads", "ff_mult", "mel_dim", "text_num_embeds", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"DiTConfig.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.heads:
+            raise ConfigError(f"DiTConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if (self.dim // self.heads) % 2:
+            raise ConfigError(f"head width dim/heads = {self.dim // self.heads} must be even for rotary positions")
+        if self.repa_depth > self.depth:
+            raise ConfigError(f"DiTConfig.repa_depth ({self.repa_depth}) exceeds depth ({self.depth})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+class AttentionContext(Protocol):
+    """Where keys and values come from: a whole masked sequence, or a KV cache."""
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q, k, v ``[B, H, n, hd]`` (normalised, rotated) -> attention output ``[B, H, n, hd]``."""
+        ...
+
+
+class MaskedAttention:
+    """Self-attention over the call's own tokens with an optional boolean mask ``[B|1, 1, n, n]``."""
+
+    def __init__(self, mask: Tensor | None = None) -> None:
+        self.mask = mask
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+
+
+def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Llama "default" RoPE tables for integer ``positions [B|1, n]`` -> cos, sin ``[B|1, 1, n, hd]``.
+
+    Angles are formed in float32 (as the reference) and cast to the activation dtype.
+    """
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # [B, n, hd/2]
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm: statistics in float32, weight applied in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = RMS_EPS) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with per-head q/k RMSNorm applied before the rotary embedding."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: AttentionContext, layer: int) -> Tensor:
+        b, n, _ = x.shape
+        shape = (b, n, self.heads, self.head_dim)
+        q = self.q_norm(self.q_proj(x).view(shape)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(shape)).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        out = ctx.attend(layer, _rotate(q, cos, sin), _rotate(k, cos, sin), v)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm Llama block (no adaptive norm inside the trunk)."""
+
+    def __init__(self, dim: int, heads: int, ff_mult: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(dim)
+        self.self_attn = Attention(dim, heads)
+        self.post_attention_layernorm = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, dim * ff_mult)
+
+    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, ctx: AttentionContext, layer: int) -> Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, ctx, layer)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class TimestepEmbedding(nn.Module):
+    """Per-token time: sinusoid of ``1000·t`` (sin half first, denominator half−1) then an MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.time_mlp = nn.Sequential(nn.Linear(TIME_FREQ_DIM, COND_DIM), nn.SiLU(), nn.Linear(COND_DIM, COND_DIM))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = TIME_FREQ_DIM // 2
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / (half - 1)))
+        arg = (1000.0 * t).float()[..., None] * freqs
+        emb = torch.cat((arg.sin(), arg.cos()), dim=-1).to(self.time_mlp[0].weight.dtype)
+        return self.time_mlp(emb)
+
+
+class TextEmbedding(nn.Module):
+    def __init__(self, num_embeds: int) -> None:
+        super().__init__()
+        self.text_embed = nn.Embedding(num_embeds + 1, COND_DIM)  # row 0: filler / guidance null token
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.text_embed(tokens)
+
+
+class InputEmbedding(nn.Module):
+    """``proj_2(proj(x + style + c) + x)``: the residual adds the raw input, not the conditioned sum."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(COND_DIM, COND_DIM)
+        self.proj_2 = nn.Linear(COND_DIM, dim)
+
+    def forward(self, x: Tensor, style: Tensor, c: Tensor) -> Tensor:
+        return self.proj_2(self.proj(x + style[:, None, :] + c) + x)
+
+
+class AdaLayerNormFinal(nn.Module):
+    """LayerNorm without affine, modulated per token by ``[scale, shift] = Linear(SiLU(c))``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(COND_DIM, 2 * dim)
+
+    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+        scale, shift = self.linear(F.silu(c)).chunk(2, dim=-1)
+        return F.layer_norm(h, h.shape[-1:], eps=RMS_EPS) * (1 + scale) + shift
+
+
+def _projector(dim: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, out))
+
+
+class DiT(nn.Module):
+    """The DiffRhythm 2 transformer. One call embeds tokens or latents and runs the trunk.
+
+    Inputs are already embedded (``embed_text`` / ``embed_latents``) so that a call can mix
+    lyric tokens, clean frames and noisy frames in one sequence (training) or hold one kind
+    only (sampling).
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        d = config.dim
+        self.time_embed = TimestepEmbedding()
+        self.text_embed = TextEmbedding(config.text_num_embeds)
+        self.input_embed = InputEmbedding(d)
+        self.latent_embed = nn.Sequential(nn.Linear(config.mel_dim, COND_DIM), nn.Linear(COND_DIM, COND_DIM))
+        self.transformer_blocks = nn.ModuleList(DecoderLayer(d, config.heads, config.ff_mult) for _ in range(config.depth))
+        self.long_skip_connection = nn.Linear(2 * d, d, bias=False) if config.long_skip_connection else None
+        self.norm_out = AdaLayerNormFinal(d)
+        self.proj_out = nn.Linear(d, config.mel_dim)
+        if config.repa_depth > 0:
+            self.projectors = nn.ModuleList(_projector(d, n) for n in config.repa_dims)
+        else:
+            self.projectors = None
+        self.gradient_checkpointing = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_out.weight.device
+
+    def embed_text(self, tokens: Tensor) -> Tensor:
+        """tokens ``[B, N]`` long -> ``[B, N, 512]``."""
+        return self.text_embed(tokens)
+
+    def embed_latents(self, latents: Tensor) -> Tensor:
+        """latents ``[B, T, M]`` -> ``[B, T, 512]`` (two linears, no activation between)."""
+        return self.latent_embed(latents.to(self.dtype))
+
+    def forward(
+        self,
+        x: Tensor,
+        time: Tensor,
+        style: Tensor,
+        rope: tuple[Tensor, Tensor],
+        ctx: AttentionContext,
+        *,
+        need_output: bool = True,
+        return_repa: bool = False,
+    ) -> Tensor | None | tuple[Tensor, list[Tensor]]:
+        """Run the trunk on embedded tokens.
+
+        Args:
+            x: ``[B, n, 512]`` embedded lyric tokens and/or latent frames.
+            time: ``[B, n]`` or ``[B, 1]`` per-token time (−1 lyrics, t noisy, +1 clean).
+            style: ``[B, 512]`` style vector (zeros for the unconditional branch).
+            rope: cos, sin from :func:`rotary_tables` for the tokens' positions.
+            ctx: where keys/values come from (a masked sequence or a KV cache).
+            need_output: False for passes that only fill a cache (skips the output head).
+            return_repa: also return the REPA projections of the hidden state after
+                ``repa_depth`` layers, one ``[B, n, repa_dims[k]]`` per projector.
+        Returns:
+            velocity ``[B, n, M]`` (or None when ``need_output`` is False), plus the REPA list.
+        """
+        c = self.time_embed(time)
+        if c.shape[1] != x.shape[1]:
+            c = c.expand(-1, x.shape[1], -1)
+        h0 = self.input_embed(x, style.to(x.dtype), c)
+        h = h0
+        cos, sin = rope
+        repa: list[Tensor] = []
+        for i, block in enumerate(self.transformer_blocks):
+            if self.gradient_checkpointing and self.training:
+                h = torch.utils.checkpoint.checkpoint(block, h, cos, sin, ctx, i, use_reentrant=False)
+            else:
+                h = block(h, cos, sin, ctx, i)
+            if return_repa and self.projectors is not None and i + 1 == self.config.repa_depth:
+                repa = [proj(h) for proj in self.projectors]
+        if not need_output:
+            return None
+        if self.long_skip_connection is not None:
+            h = self.long_skip_connection(torch.cat((h, h0), dim=-1))
+        out = self.proj_out(self.norm_out(h, c))
+        return (out, repa) if return_repa else out
