@@ -136,6 +136,7 @@ class BlockSampler:
             self.stream[:, : self.prefix_len] = prefix.to(device=device, dtype=torch.float32)
         self.lengths = torch.full((self.batch,), -1, dtype=torch.long)  # -1: not ended yet
         self._grid = torch.linspace(0.0, 1.0, self.settings.steps, device=device, dtype=torch.float32)
+        self._prepared = False
 
     # -- helpers -------------------------------------------------------------------------------
     def _branch_style(self) -> Tensor:
@@ -179,20 +180,36 @@ class BlockSampler:
         self.model(e, self._time(1.0, e.shape[0]), style, self._rope(start, n), self.cache, need_output=False)
         self.cache.commit()
 
-    def _integrate(self, x: Tensor, style: Tensor, start: int) -> Tensor:
+    def velocity(self, x: Tensor, t: float | Tensor, start: int) -> Tensor:
+        """Guided velocity ``[B, b, M]`` for noisy frames ``x`` at time ``t`` placed at frame ``start``.
+
+        Probes the cache (nothing is stored): keys are lyrics, the clean history and ``x`` itself.
+        """
+        style = self._branch_style()
+        n = x.shape[1]
+        self.cache.begin_block(n)
+        e = self.model.embed_latents(self._dup(x))
+        v = self.model(e, self._time(t, style.shape[0]), style, self._rope(start, n), self.cache).float()
+        if self.guided:
+            v_c, v_u = v[: self.batch], v[self.batch :]
+            v = v_c + (v_c - v_u) * self.settings.cfg_strength
+        return v
+
+    def _integrate(self, x: Tensor, start: int) -> Tensor:
         """Euler from noise (t=0) to data along the grid; velocity never evaluated at t=1."""
-        b, cfg = self.block_size, self.settings.cfg_strength
-        rope = self._rope(start, b)
-        rows = style.shape[0]
         for k in range(self.settings.steps - 1):
-            t, dt = self._grid[k], self._grid[k + 1] - self._grid[k]
-            self.cache.begin_block(b)
-            v = self.model(self.model.embed_latents(self._dup(x)), self._time(t, rows), style, rope, self.cache).float()
-            if self.guided:
-                v_c, v_u = v[: self.batch], v[self.batch :]
-                v = v_c + (v_c - v_u) * cfg
-            x = x + dt * v
+            x = x + (self._grid[k + 1] - self._grid[k]) * self.velocity(x, self._grid[k], start)
         return x
+
+    @torch.inference_mode()
+    def prepare(self) -> None:
+        """Cache the lyrics and the clean prefix (done once, before the first block)."""
+        style = self._branch_style()
+        self._cache_text(style)
+        if self.prefix_len:
+            mask = block_causal_mask(self.prefix_len, self.block_size, self.model.device, self.settings.num_history_block)
+            self._store(self.stream[:, : self.prefix_len], style, 0, query_mask=mask)
+        self._prepared = True
 
     def _check_end(self, end_frame: int) -> None:
         """Mark batch elements whose newest frame is an end-of-prediction frame."""
@@ -207,14 +224,12 @@ class BlockSampler:
     @torch.inference_mode()
     def blocks(self, on_block: BlockCallback | None = None) -> Iterator[Tensor]:
         """Yield each finished block's kept frames ``[B, k, M]`` (k < b only at the end)."""
+        if not self._prepared:
+            self.prepare()
         style = self._branch_style()
-        self._cache_text(style)
         pos = self.prefix_len
-        if self.prefix_len:
-            mask = block_causal_mask(self.prefix_len, self.block_size, self.model.device, self.settings.num_history_block)
-            self._store(self.stream[:, : self.prefix_len], style, 0, query_mask=mask)
         for index in range(self.num_blocks):
-            x = self._integrate(self._block_noise(index), style, pos)
+            x = self._integrate(self._block_noise(index), pos)
             self._store(x, style, pos)
             self.stream[:, pos : pos + self.block_size] = x
             pos += self.block_size
