@@ -1,0 +1,375 @@
+"""The bridge's command layer, shared by the OSC and MIDI front ends.
+
+A :class:`Bridge` owns one :class:`~dr2studio.bridge.session.Session` and turns commands (open a
+project, set tempo, define sections, set lyrics, generate / continue / regenerate, cancel) into engine
+jobs. Bridge jobs run one after another, each against the song committed by the job before it, so a
+DAW may queue "continue" right after "generate". Each finished job renders its part of the song into
+the project folder and reports one ``stem`` event per file, then ``done``.
+
+Events go to *sinks*: callables ``sink(address, args)`` using the OSC address space of
+``osc-midi.md`` (``/dr2/job/accepted`` ... ``/dr2/job/done``), whatever the transport.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from dr2studio import __version__
+from dr2studio.bridge.deliver import changed_region, crop_song, deliver_take, song_region
+from dr2studio.bridge.paths import PathError, check_name, read_text_inside
+from dr2studio.bridge.session import DAWS, BridgeError, Session
+from dr2studio.engine import Engine, Job, JobCancelled, JobContext, JobError, JobEvent, JobQueue, JobRequest, QueueFull
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Bridge", "BridgeJob", "Sink", "ERROR_CODES"]
+
+Sink = Callable[[str, list], None]
+
+#: ``/dr2/job/error`` codes (HTTP-like).
+ERROR_CODES = {"bad_request": 400, "not_found": 404, "too_large": 413, "cancelled": 499, "failed": 500, "busy": 503}
+MAX_LYRICS_FILE = 256 * 1024
+#: A continue may start this many seconds past the end of the song (DAW grid rounding).
+CONTINUE_TOLERANCE_S = 0.5
+
+
+@dataclasses.dataclass
+class BridgeJob:
+    """A timeline job: ``song`` (whole song), ``continue`` or ``regenerate``."""
+
+    kind: str
+    seconds: float = 0.0
+    from_beats: float = 0.0
+    length_beats: float = 0.0
+    sec_id: str = ""
+    seed: int | None = None
+    cfg_strength: float | None = None
+
+
+def _job_seed(kind: str, song: Any) -> int | None:
+    """The seed this job actually used (the request may have left it to chance)."""
+    edits = song.settings.get("edits") or [] if isinstance(getattr(song, "settings", None), dict) else []
+    if kind != "generate" and edits and "seed" in edits[-1]:
+        return int(edits[-1]["seed"])
+    return getattr(song, "seed", None)
+
+
+class Bridge:
+    """Session state + job orchestration. Thread-safe: every front end may call it from its own threads.
+
+    ``project_roots``: when given, sessions may only open folders below one of them.
+    ``steps`` / ``cfg_strength``: sampler defaults (``/dr2/gen/options`` changes them per session).
+    """
+
+    def __init__(self, engine: Engine, *, style_embedding: Any = None, project_roots: list[Path] | None = None,
+                 steps: int = 32, cfg_strength: float = 2.0, max_pending: int = 8, stem_options: dict | None = None) -> None:
+        self.engine = engine
+        self.style_embedding = style_embedding
+        self.project_roots = [Path(p).resolve() for p in project_roots] if project_roots else None
+        self.steps = steps
+        self.cfg_strength = cfg_strength
+        self.stem_options = dict(stem_options or {})
+        self.session: Session | None = None
+        self._lock = threading.RLock()
+        self._sinks: list[Sink] = []
+        self._takes: dict[str, tuple[Any, float]] = {}  # uncommitted results: job id -> (song, origin beats)
+        self._stems: dict[str, list[list]] = {}  # job id -> stem event args, for replays
+        self._last_take: str | None = None
+        self._queue = JobQueue(self._run_job, workers=1, max_pending=max_pending, name="dr2-bridge")
+
+    # ------------------------------------------------------------------ events
+    def add_sink(self, sink: Sink) -> None:
+        with self._lock:
+            if sink not in self._sinks:
+                self._sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        with self._lock:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
+    def emit(self, address: str, *args: Any) -> None:
+        with self._lock:
+            sinks = list(self._sinks)
+        for sink in sinks:
+            try:
+                sink(address, list(args))
+            except Exception:  # one dead subscriber must not stop the others
+                log.exception("event sink failed for %s", address)
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        if event.type == "queued":
+            self.emit("/dr2/job/accepted", event.job_id)
+        elif event.type == "progress":
+            self.emit("/dr2/job/progress", event.job_id, float(event.fraction), event.stage)
+        elif event.type == "done":
+            job = self._queue.get(event.job_id)
+            self.emit("/dr2/job/done", event.job_id, int(job.result if job else 0))
+        elif event.type == "cancelled":
+            self.emit("/dr2/job/error", event.job_id, ERROR_CODES["cancelled"], event.message or "cancelled")
+        elif event.type == "error":
+            code = ERROR_CODES["failed"]
+            job = self._queue.get(event.job_id)
+            if job is not None and isinstance(getattr(job, "error_code", None), int):
+                code = job.error_code
+            self.emit("/dr2/job/error", event.job_id, code, event.message)
+
+    # ---------------------------------------------------------------- commands
+    def ping(self) -> str:
+        return __version__
+
+    def require_session(self) -> Session:
+        if self.session is None:
+            raise BridgeError("no session is open; send /dr2/session/open first", 409)
+        return self.session
+
+    def open_session(self, project_dir: str, daw: str = "generic") -> Session:
+        """Open (or switch to) a project folder; it must exist and is the only place the bridge writes."""
+        if daw not in DAWS:
+            raise BridgeError(f"daw {daw!r} is not one of {', '.join(DAWS)}")
+        if not isinstance(project_dir, str) or not project_dir.strip() or "\x00" in project_dir:
+            raise BridgeError("project folder must be a non-empty path")
+        path = Path(project_dir).expanduser()
+        if not path.is_absolute():
+            raise BridgeError(f"project folder {project_dir!r} must be an absolute path")
+        if not path.is_dir():
+            raise BridgeError(f"project folder {project_dir!r} does not exist or is not a folder", 404)
+        root = path.resolve()
+        if self.project_roots is not None and not any(root == r or r in root.parents for r in self.project_roots):
+            raise BridgeError(f"project folder {root} is outside the allowed roots {', '.join(map(str, self.project_roots))}", 403)
+        with self._lock:
+            self.session = Session(project=root, daw=daw)
+            self._takes.clear()
+            self._last_take = None
+        log.info("session opened: %s (%s)", root, daw)
+        return self.session
+
+    def close_session(self) -> None:
+        with self._lock:
+            self.session = None
+
+    def set_tempo(self, bpm: float) -> None:
+        with self._lock:
+            self.require_session().set_tempo(bpm)
+
+    def set_timesig(self, num: int, den: int) -> None:
+        with self._lock:
+            self.require_session().set_timesig(num, den)
+
+    def set_style(self, text: str) -> None:
+        if not isinstance(text, str) or len(text) > 1000:
+            raise BridgeError("style must be text of at most 1000 characters")
+        with self._lock:
+            self.require_session().style = text.strip() or None
+
+    def set_options(self, steps: int, cfg_strength: float) -> None:
+        if not 1 <= steps <= 1000 or not 0.0 <= cfg_strength <= 50.0:
+            raise BridgeError(f"steps {steps} must be in 1..1000 and cfg {cfg_strength} in 0..50")
+        with self._lock:
+            self.require_session()
+            self.steps, self.cfg_strength = int(steps), float(cfg_strength)
+
+    def define_section(self, sec_id: str, kind: str, start_beats: float, length_beats: float) -> None:
+        with self._lock:
+            self.require_session().define_section(sec_id, kind, start_beats, length_beats)
+
+    def set_lyrics(self, sec_id: str, text: str) -> int:
+        with self._lock:
+            return self.require_session().set_lyrics(sec_id, text)
+
+    def lyrics_chunk(self, sec_id: str, seq: int, total: int, text: str) -> int | None:
+        with self._lock:
+            return self.require_session().add_chunk(sec_id, seq, total, text)
+
+    def lyrics_file(self, sec_id: str, path: str) -> int:
+        """Read a .lrc/.txt file from inside the project folder as the lyrics of ``sec_id``."""
+        with self._lock:
+            session = self.require_session()
+            try:
+                _, text = read_text_inside(session.project, path, max_bytes=MAX_LYRICS_FILE, what="lyrics file",
+                                           suffixes=(".lrc", ".txt"))
+            except PathError as exc:
+                raise BridgeError(str(exc), 403 if "outside" in str(exc) else 400) from exc
+            return session.set_lyrics(sec_id, text)
+
+    def set_fx(self, stem: str, preset: str) -> None:
+        from dr2studio.audio.effects import load_preset, list_presets
+
+        try:
+            check_name(stem, "stem name")
+            check_name(preset, "preset name")
+        except PathError as exc:
+            raise BridgeError(str(exc)) from exc
+        if preset not in list_presets():
+            raise BridgeError(f"unknown preset {preset!r}; presets: {', '.join(list_presets())}", 404)
+        load_preset(preset)
+        with self._lock:
+            self.require_session().fx[stem] = preset
+
+    def set_autocommit(self, on: bool) -> None:
+        with self._lock:
+            self.require_session().autocommit = bool(on)
+
+    def commit(self, job_id: str | None = None) -> str:
+        """Make a finished take (default: the newest) the song later jobs build on."""
+        with self._lock:
+            session = self.require_session()
+            job_id = job_id or self._last_take
+            if job_id is None or job_id not in self._takes:
+                raise BridgeError(f"no uncommitted take {job_id!r} to commit", 404)
+            session.song, session.origin_beats = self._takes.pop(job_id)
+            return job_id
+
+    # -------------------------------------------------------------------- jobs
+    def submit(self, job_id: str, spec: BridgeJob) -> Job:
+        """Queue a timeline job. A repeated ``job_id`` is idempotent: the bridge re-announces it and,
+        if it already ended, replays its stems and result instead of rendering again."""
+        try:
+            check_name(job_id, "job id")
+        except PathError as exc:
+            raise BridgeError(str(exc)) from exc
+        with self._lock:
+            self._prepare(spec, dry_run=True)  # fail fast on what can be checked now
+            existing = self._queue.get(job_id)
+            if existing is None:
+                try:
+                    job = self._queue.submit(spec, job_id=job_id, on_event=self._on_job_event)
+                except QueueFull as exc:
+                    raise BridgeError(str(exc), ERROR_CODES["busy"]) from exc
+        if existing is None:
+            return job
+        self.emit("/dr2/job/accepted", job_id)
+        if existing.finished:
+            for args in self._stems.get(job_id, []):
+                self.emit("/dr2/job/stem", *args)
+            self._on_job_event(JobEvent(job_id, {"done": "done", "cancelled": "cancelled"}.get(existing.state, "error"),
+                                        message=existing.error or ""))
+        return existing
+
+    def cancel(self, job_id: str) -> bool:
+        if not self._queue.cancel(job_id):
+            raise BridgeError(f"job {job_id!r} is not queued or running", 404)
+        return True
+
+    def running_jobs(self) -> list[Job]:
+        return [j for j in self._queue.jobs() if not j.finished]
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._queue.get(job_id)
+
+    def close(self) -> None:
+        self._queue.close()
+
+    # ------------------------------------------------------------- internals
+    def _prepare(self, spec: BridgeJob, dry_run: bool = False) -> dict[str, Any]:
+        """Turn a timeline job into an engine request against the session as it is now."""
+        session = self.require_session()
+        if spec.seed is not None and not 0 <= spec.seed < 2**63:
+            raise BridgeError(f"seed {spec.seed} must be a non-negative integer")
+        cfg = self.cfg_strength if spec.cfg_strength is None else float(spec.cfg_strength)
+        common = dict(steps=self.steps, cfg_strength=cfg, seed=spec.seed, style=session.style)
+        if self.style_embedding is not None and session.style is None:
+            common["style_embedding"] = [float(v) for v in self.style_embedding.reshape(-1).tolist()]
+        if spec.kind == "song":
+            sections = session.ordered_sections()
+            if not sections:
+                raise BridgeError("define sections before generating a song")
+            end = session.seconds(session.timeline_end_beats())
+            seconds = spec.seconds if spec.seconds > 0 else end
+            if not 0 < seconds <= 600:
+                raise BridgeError(f"song length {seconds:.2f} s must be in (0, 600]")
+            lyrics = session.section_lyrics(sections)
+            return dict(request=JobRequest(kind="generate", lyrics=lyrics, duration=seconds, **common), song=None,
+                        origin=0.0)
+        section = session.section(spec.sec_id)
+        lyrics = session.section_lyrics([section])
+        if spec.kind == "continue":
+            if not (spec.from_beats >= 0 and spec.length_beats > 0):
+                raise BridgeError(f"continue needs from_beats >= 0 and length_beats > 0, got {spec.from_beats}, {spec.length_beats}")
+            length = session.seconds(spec.length_beats)
+            if not 0 < length <= 600:
+                raise BridgeError(f"continue length {length:.2f} s must be in (0, 600]")
+            if session.song is None:
+                return dict(request=JobRequest(kind="generate", lyrics=lyrics, duration=length, **common), song=None,
+                            origin=spec.from_beats)
+            at = session.seconds(spec.from_beats - session.origin_beats)
+            total = session.song_seconds()
+            if at < 0 or at > total + CONTINUE_TOLERANCE_S:
+                raise BridgeError(f"continue from beat {spec.from_beats:g} is outside the song (beats "
+                                  f"{session.origin_beats:g}..{session.origin_beats + session.beats(total):g})")
+            base = session.song
+            if not dry_run and at < total - CONTINUE_TOLERANCE_S:
+                base = crop_song(base, at)
+            return dict(request=JobRequest(kind="extend", lyrics=lyrics, seconds=length, **common), song=base,
+                        origin=session.origin_beats)
+        if spec.kind == "regenerate":
+            if session.song is None:
+                raise BridgeError("nothing to regenerate yet: generate or continue first", 409)
+            total = session.song_seconds()
+            start = max(0.0, session.seconds(section.start_beats - session.origin_beats))
+            end = min(total, session.seconds(section.end_beats - session.origin_beats))
+            if end - start <= 0:
+                raise BridgeError(f"section {section.sec_id} (beats {section.start_beats:g}..{section.end_beats:g}) "
+                                  "does not overlap the song", 409)
+            return dict(request=JobRequest(kind="infill", lyrics=lyrics, start=start, end=end, **common),
+                        song=session.song, origin=session.origin_beats)
+        raise BridgeError(f"unknown job kind {spec.kind!r}")
+
+    def _run_job(self, job: Job, ctx: JobContext) -> int:
+        try:
+            with self._lock:
+                plan = self._prepare(job.request)
+                session = self.require_session()
+            result = self._run_engine(job, ctx, plan)
+            ctx.progress(0.9, "render")
+            files = self._deliver(job.id, ctx, session, plan, result)
+        except BridgeError as exc:
+            job.error_code = exc.code  # type: ignore[attr-defined]
+            raise
+        except JobCancelled:
+            raise
+        except JobError as exc:
+            job.error_code = ERROR_CODES["failed"]  # type: ignore[attr-defined]
+            raise
+        return files
+
+    def _run_engine(self, job: Job, ctx: JobContext, plan: dict[str, Any]) -> Any:
+        def forward(event: JobEvent) -> None:
+            if event.type == "progress":
+                try:
+                    ctx.progress(0.9 * event.fraction, event.stage or "generate")
+                except JobCancelled:
+                    pass  # noticed by the wait loop below
+
+        engine_id = f"{job.id}-{uuid.uuid4().hex[:8]}"
+        ejob = self.engine.submit(plan["request"], song=plan["song"], job_id=engine_id, on_event=forward)
+        while not ejob._finished.wait(0.05):
+            if ctx.cancelled:
+                self.engine.cancel(engine_id)
+        ctx.check()
+        return ejob.wait(0)
+
+    def _deliver(self, job_id: str, ctx: JobContext, session: Session, plan: dict[str, Any], song: Any) -> int:
+        request = plan["request"]
+        region, start_s = song_region(song, *changed_region(request.kind, song))
+        position_beats = plan["origin"] + session.beats(start_s)
+        written = deliver_take(session, job_id, region, position_beats=position_beats,
+                               position_seconds=session.seconds(position_beats), request=request,
+                               check=ctx.check, seed=_job_seed(request.kind, song), **self.stem_options)
+        events = [[job_id, f.stem, str(f.path), float(position_beats), float(session.seconds(position_beats)),
+                   int(f.sample_rate)] for f in written]
+        with self._lock:
+            self._stems[job_id] = events
+            if self.session is session:
+                if session.autocommit:
+                    session.song, session.origin_beats = song, plan["origin"]
+                else:
+                    self._takes[job_id] = (song, plan["origin"])
+                self._last_take = job_id
+        for args in events:
+            self.emit("/dr2/job/stem", *args)
+        return len(written)

@@ -1,0 +1,143 @@
+"""Put a finished take into the DAW project: the part of the song a job changed, as stems + manifest.
+
+The folder comes from :func:`dr2studio.audio.daw.project_layout`; before anything is written, every
+folder on the way is created or checked with :func:`~dr2studio.bridge.paths.ensure_dir_inside`, so a
+``Samples`` or ``Media`` link that points out of the project stops the job instead of writing there.
+Stems are rendered with :func:`dr2studio.audio.stems.render_stem` and written by
+:func:`dr2studio.audio.daw.write_take` (staging folder + rename, manifest under a lock).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from dr2studio.bridge.paths import PathError, ensure_dir_inside
+from dr2studio.bridge.session import BridgeError, Session
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DeliveredFile", "song_region", "crop_song", "changed_region", "deliver_take", "DEFAULT_PRESET"]
+
+DEFAULT_PRESET = "clean"
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveredFile:
+    stem: str
+    path: Path
+    sample_rate: int
+
+
+def _audio(song: Any) -> torch.Tensor:
+    audio = song.audio
+    if not isinstance(audio, torch.Tensor):
+        audio = torch.as_tensor(audio)
+    return audio.float().reshape(-1, audio.shape[-1])
+
+
+def song_region(song: Any, start_s: float, end_s: float | None) -> tuple[tuple[torch.Tensor, int], float]:
+    """Audio ``[C, n]`` of ``song`` between ``start_s`` and ``end_s`` (``None`` = the end), with the
+    start snapped to a whole sample; returns ``((audio, rate), start_seconds)``."""
+    audio, rate = _audio(song), int(song.sample_rate)
+    a = max(0, min(audio.shape[-1], int(round(start_s * rate))))
+    b = audio.shape[-1] if end_s is None else max(a, min(audio.shape[-1], int(round(end_s * rate))))
+    if b <= a:
+        raise BridgeError(f"the job produced no audio between {start_s:.2f} s and {end_s} s", 500)
+    return (audio[:, a:b].contiguous(), rate), a / rate
+
+
+def crop_song(song: Any, seconds: float) -> Any:
+    """``song`` cut at ``seconds``, rounded down to a latent frame, with its latents cut to match, so
+    ``extend`` continues from there. The lyric context (tokens) is kept whole."""
+    from dr2studio.song import Song
+
+    if not getattr(song, "has_latents", False):
+        raise BridgeError("the song has no latents to cut; continue from its end instead", 409)
+    audio, latents = song.audio, song.latents
+    frames = latents.shape[1]
+    hop = round(audio.shape[-1] / frames)
+    if hop <= 0 or abs(audio.shape[-1] - frames * hop) >= hop:
+        raise BridgeError(f"song audio ({audio.shape[-1]} samples) does not match its {frames} latent frames", 409)
+    keep = int(seconds * song.sample_rate) // hop
+    if keep < 1:
+        raise BridgeError(f"cannot continue from {seconds:.2f} s: less than one latent frame of song before it", 409)
+    settings = dict(song.settings)
+    settings["edits"] = list(settings.get("edits", [])) + [{"kind": "crop", "end": keep * hop / song.sample_rate}]
+    return Song(audio=audio[:, : keep * hop].clone(), sample_rate=song.sample_rate, latents=latents[:, :keep].clone(),
+                tokens=song.tokens, lyrics=song.lyrics, style=song.style, seed=song.seed, settings=settings,
+                model=song.model)
+
+
+def changed_region(kind: str, song: Any) -> tuple[float, float | None]:
+    """Seconds ``(start, end)`` of ``song`` that a job of ``kind`` produced (``end`` None = to the end):
+    all of a generated song, the continuation from the splice (crossfade included) after ``extend``,
+    the regenerated span plus both crossfades after ``infill``."""
+    if kind == "generate":
+        return 0.0, None
+    edits = song.settings.get("edits") or []
+    if not edits or edits[-1].get("kind") != kind:
+        raise BridgeError(f"the {kind} result carries no edit record; cannot place it on the timeline", 500)
+    edit = edits[-1]
+    if kind == "extend":
+        return float(edit["splice"]), None
+    return float(edit["start"]) - float(edit.get("crossfade_in", 0.0)), float(edit["end"]) + float(edit.get("crossfade_out", 0.0))
+
+
+def _load_separator(options: dict[str, Any]) -> Any:
+    from dr2studio.audio.stems import load_separator
+
+    return load_separator(options.get("separator_weights"))
+
+
+def deliver_take(session: Session, job_id: str, region: tuple[torch.Tensor, int], *, position_beats: float,
+                 position_seconds: float, request: Any, check: Callable[[], None] = lambda: None,
+                 separate: bool = False, separator: Any = None, sample_rate: int | None = None,
+                 preset: str = DEFAULT_PRESET, loudness_lufs: float | None = None,
+                 separator_weights: str | None = None, seed: int | None = None) -> list[DeliveredFile]:
+    """Render ``region`` (audio ``[C, n]``, rate) as stems into the session's project; one file per stem.
+
+    ``separate`` adds vocals / drums / bass / other (Hybrid Demucs). Each stem uses the session's fx
+    preset for it, else ``preset``. ``check`` is called between steps to honour cancellation.
+    """
+    from dr2studio.audio.daw import ProjectError, project_layout, write_take
+    from dr2studio.audio.effects import load_preset
+    from dr2studio.audio.stems import render_stem
+
+    audio, rate = region
+    try:
+        layout = project_layout(session.project, session.daw)
+        ensure_dir_inside(layout.root, layout.takes_dir.relative_to(layout.root))
+    except (ProjectError, PathError, ValueError) as exc:
+        raise BridgeError(f"cannot write into the project: {exc}", 403) from exc
+    sources: dict[str, torch.Tensor] = {"mix": audio}
+    if separate:
+        check()
+        sep = separator if separator is not None else _load_separator({"separator_weights": separator_weights})
+        sources.update(sep.separate(audio, rate))
+    stems: dict[str, tuple[torch.Tensor, int]] = {}
+    for name, stem_audio in sources.items():
+        check()
+        chain = load_preset(session.fx.get(name, preset))
+        out = render_stem(name, stem_audio, rate, chain, target_sample_rate=sample_rate, loudness_lufs=loudness_lufs)
+        stems[name] = (out.audio, out.sample_rate)
+    check()
+    info = {
+        "source": "bridge",
+        "job": job_id,
+        "kind": getattr(request, "kind", None),
+        "position_beats": position_beats,
+        "position_seconds": position_seconds,
+        "bpm": session.bpm,
+        "timesig": list(session.timesig),
+        "lyrics": getattr(request, "lyrics", None),
+        "style": getattr(request, "style", None),
+        "seed": seed,
+        "settings": {"steps": getattr(request, "steps", None), "cfg_strength": getattr(request, "cfg_strength", None),
+                     "fx": {name: session.fx.get(name, preset) for name in stems}},
+    }
+    entry = write_take(layout, job_id, stems, info)
+    return [DeliveredFile(stem, layout.root / rel, stems[stem][1]) for stem, rel in entry["files"].items()]

@@ -1,0 +1,329 @@
+"""MIDI front end of the bridge: the control mapping of ``osc-midi.md`` over live ports.
+
+Control channel 16 (mido channel 15):
+
+- notes: 36 continue from the song position, 37 regenerate the current section, 38 cancel the MIDI
+  jobs, 39 commit the newest take (velocity 0 counts as note-off and does nothing);
+- program change: section kind (0 intro, 1 verse, 2 pre-chorus, 3 chorus, 4 bridge, 5 outro,
+  6 instrumental) for sections created from MIDI, and for the section selected with CC 20;
+- CC 20 section index (timeline order, 0-based), CC 21 length in bars (0 means 8), CC 22 guidance
+  (cfg = value / 127 * 10), CC 23 / 24 seed MSB / LSB (14 bits);
+- Song Position Pointer (16th notes: beats = value / 4) and clock / start / continue / stop;
+- SysEx ``F0 7D <cmd> <base64 UTF-8 text> F7``: cmd 1 lyrics of the current section, 2 lyrics of a
+  named section (first line = section id), 3 style, 4 tempo, 5 open a session (``path`` then
+  optionally a line with the DAW), 6 define a section (``sec_id kind start_beats length_beats``).
+
+Events travel back as SysEx ``F0 7D 10 <base64 JSON [address, args]> F7`` on the same port, so a
+MIDI-only controller (or a test) sees accepted / progress / stem / done / error.
+
+Transports: :class:`MidiTcpServer` (mido's socket port server, works everywhere) and
+:func:`open_virtual_port` (rtmidi; virtual ports do not exist on Windows).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from dr2studio.bridge.core import Bridge, BridgeJob
+from dr2studio.bridge.paths import PathError
+from dr2studio.bridge.session import BridgeError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MidiController", "MidiTcpServer", "open_virtual_port", "encode_sysex", "decode_event",
+           "CONTROL_CHANNEL", "PROGRAM_KINDS", "NOTE_CONTINUE", "NOTE_REGENERATE", "NOTE_CANCEL", "NOTE_COMMIT"]
+
+CONTROL_CHANNEL = 15  # "channel 16" in the 1-based numbering DAWs show
+SYSEX_ID = 0x7D
+NOTE_CONTINUE, NOTE_REGENERATE, NOTE_CANCEL, NOTE_COMMIT = 36, 37, 38, 39
+PROGRAM_KINDS = ("intro", "verse", "pre-chorus", "chorus", "bridge", "outro", "instrumental")
+CMD_LYRICS, CMD_LYRICS_FOR, CMD_STYLE, CMD_TEMPO, CMD_OPEN, CMD_SECTION, CMD_EVENT = 1, 2, 3, 4, 5, 6, 0x10
+MAX_SYSEX = 64 * 1024
+DEFAULT_BARS = 8
+
+
+def encode_sysex(command: int, text: str) -> Any:
+    """A dr2 SysEx message (``mido.Message``) carrying ``text`` as base64 UTF-8 (7-bit safe)."""
+    import mido
+
+    payload = base64.b64encode(text.encode("utf-8"))
+    return mido.Message("sysex", data=[SYSEX_ID, command, *payload])
+
+
+def decode_event(msg: Any) -> tuple[str, list] | None:
+    """``(address, args)`` of an event SysEx sent by the bridge, or ``None`` for other messages."""
+    if msg.type != "sysex" or len(msg.data) < 2 or msg.data[0] != SYSEX_ID or msg.data[1] != CMD_EVENT:
+        return None
+    address, args = json.loads(base64.b64decode(bytes(msg.data[2:])).decode("utf-8"))
+    return address, args
+
+
+class MidiController:
+    """Turns MIDI messages into bridge commands; keeps the controller state (position, section, CCs).
+
+    Thread-safe: a port's reader thread calls :meth:`handle` for every message.
+    """
+
+    def __init__(self, bridge: Bridge, *, channel: int = CONTROL_CHANNEL) -> None:
+        self.bridge = bridge
+        self.channel = channel
+        self.position_beats = 0.0
+        self.running = False
+        self.section_index: int | None = None
+        self.kind = "verse"
+        self.length_bars = DEFAULT_BARS
+        self.cfg_strength: float | None = None
+        self._seed_msb: int | None = None
+        self._seed_lsb: int | None = None
+        self.jobs: list[str] = []
+        self._outputs: list[Callable[[Any], None]] = []
+        self._lock = threading.RLock()
+        self._out_lock = threading.Lock()  # separate: events arrive from threads holding the bridge lock
+        bridge.add_sink(self._on_event)
+
+    @property
+    def seed(self) -> int | None:
+        if self._seed_msb is None and self._seed_lsb is None:
+            return None
+        return (self._seed_msb or 0) * 128 + (self._seed_lsb or 0)
+
+    def add_output(self, send: Callable[[Any], None]) -> None:
+        with self._out_lock:
+            self._outputs.append(send)
+
+    def remove_output(self, send: Callable[[Any], None]) -> None:
+        with self._out_lock:
+            if send in self._outputs:
+                self._outputs.remove(send)
+
+    def close(self) -> None:
+        self.bridge.remove_sink(self._on_event)
+
+    def _on_event(self, address: str, args: list) -> None:
+        if address in ("/dr2/pong", "/dr2/ack"):
+            return
+        msg = encode_sysex(CMD_EVENT, json.dumps([address, args], ensure_ascii=False))
+        with self._out_lock:
+            outputs = list(self._outputs)
+        for send in outputs:
+            try:
+                send(msg)
+            except Exception as exc:  # a closed port must not break the bridge
+                log.debug("MIDI event output failed: %s", exc)
+
+    # ----------------------------------------------------------------- input
+    def handle(self, msg: Any) -> None:
+        """Apply one message; errors become ``/dr2/error midi:<type> ...`` events, never exceptions."""
+        try:
+            with self._lock:
+                self._handle(msg)
+        except (BridgeError, PathError) as exc:
+            self.bridge.emit("/dr2/error", f"midi:{msg.type}", str(exc))
+        except Exception as exc:
+            log.exception("MIDI message %s failed", msg)
+            self.bridge.emit("/dr2/error", f"midi:{msg.type}", f"internal error: {type(exc).__name__}: {exc}")
+
+    def _handle(self, msg: Any) -> None:
+        kind = msg.type
+        if kind == "songpos":
+            self.position_beats = msg.pos / 4.0
+        elif kind == "clock":
+            if self.running:
+                self.position_beats += 1.0 / 24.0
+        elif kind == "start":
+            self.position_beats, self.running = 0.0, True
+        elif kind == "continue":
+            self.running = True
+        elif kind == "stop":
+            self.running = False
+        elif kind == "sysex":
+            self._sysex(msg.data)
+        elif getattr(msg, "channel", None) != self.channel:
+            return
+        elif kind == "note_on" and msg.velocity > 0:
+            self._note(msg.note)
+        elif kind == "program_change":
+            if msg.program >= len(PROGRAM_KINDS):
+                raise BridgeError(f"program {msg.program} is not a section kind (0..{len(PROGRAM_KINDS) - 1}: {', '.join(PROGRAM_KINDS)})")
+            self.kind = PROGRAM_KINDS[msg.program]
+            sec = self._selected()
+            if sec is not None:
+                self.bridge.define_section(sec.sec_id, self.kind, sec.start_beats, sec.length_beats)
+        elif kind == "control_change":
+            self._cc(msg.control, msg.value)
+
+    def _cc(self, control: int, value: int) -> None:
+        if control == 20:
+            self.section_index = value
+        elif control == 21:
+            self.length_bars = value or DEFAULT_BARS
+        elif control == 22:
+            self.cfg_strength = value / 127.0 * 10.0
+        elif control == 23:
+            self._seed_msb = value
+        elif control == 24:
+            self._seed_lsb = value
+
+    def _selected(self):
+        session = self.bridge.require_session()
+        if self.section_index is None:
+            return None
+        ordered = session.ordered_sections()
+        if self.section_index >= len(ordered):
+            raise BridgeError(f"section index {self.section_index} (CC 20) but only {len(ordered)} sections are defined")
+        return ordered[self.section_index]
+
+    def _current(self, create: bool):
+        """The selected section, else the one under the song position, else (``create``) a new one there."""
+        session = self.bridge.require_session()
+        sec = self._selected() or session.section_at(self.position_beats)
+        if sec is None and create:
+            length = self.length_bars * session.beats_per_bar
+            sec_id = f"midi-{len(session.sections) + 1}"
+            while sec_id in session.sections:
+                sec_id += "x"
+            self.bridge.define_section(sec_id, self.kind, self.position_beats, length)
+            sec = session.section(sec_id)
+        if sec is None:
+            raise BridgeError(f"no section at beat {self.position_beats:g}; select one with CC 20 or define one")
+        return sec
+
+    def _note(self, note: int) -> None:
+        if note == NOTE_CONTINUE:
+            session = self.bridge.require_session()
+            sec = self._current(create=True)
+            length = self.length_bars * session.beats_per_bar
+            self._submit(BridgeJob("continue", from_beats=self.position_beats, length_beats=length,
+                                   sec_id=sec.sec_id, seed=self.seed, cfg_strength=self.cfg_strength))
+        elif note == NOTE_REGENERATE:
+            sec = self._current(create=False)
+            self._submit(BridgeJob("regenerate", sec_id=sec.sec_id, seed=self.seed, cfg_strength=self.cfg_strength))
+        elif note == NOTE_CANCEL:
+            for job in self.bridge.running_jobs():
+                if job.id in self.jobs:
+                    self.bridge.cancel(job.id)
+        elif note == NOTE_COMMIT:
+            self.bridge.commit()
+
+    def _submit(self, spec: BridgeJob) -> None:
+        job_id = f"midi-{uuid.uuid4().hex[:10]}"
+        self.jobs = (self.jobs + [job_id])[-64:]
+        self.bridge.submit(job_id, spec)
+
+    def _sysex(self, data: tuple) -> None:
+        if len(data) < 2 or data[0] != SYSEX_ID:
+            return  # someone else's SysEx
+        if len(data) > MAX_SYSEX:
+            raise BridgeError(f"SysEx of {len(data)} bytes exceeds {MAX_SYSEX}")
+        command = data[1]
+        try:
+            text = base64.b64decode(bytes(data[2:]), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError) as exc:
+            raise BridgeError(f"SysEx command {command}: payload is not base64 UTF-8 ({exc})") from None
+        if command == CMD_LYRICS:
+            self.bridge.set_lyrics(self._current(create=True).sec_id, text)
+        elif command == CMD_LYRICS_FOR:
+            sec_id, _, lyrics = text.partition("\n")
+            self.bridge.set_lyrics(sec_id.strip(), lyrics)
+        elif command == CMD_STYLE:
+            self.bridge.set_style(text)
+        elif command == CMD_TEMPO:
+            try:
+                bpm = float(text)
+            except ValueError:
+                raise BridgeError(f"SysEx tempo {text!r} is not a number") from None
+            self.bridge.set_tempo(bpm)
+        elif command == CMD_OPEN:
+            path, _, daw = text.partition("\n")
+            self.bridge.open_session(path.strip(), daw.strip() or "generic")
+        elif command == CMD_SECTION:
+            parts = text.split()
+            if len(parts) != 4:
+                raise BridgeError(f"SysEx section needs 'sec_id kind start_beats length_beats', got {text!r}")
+            try:
+                start, length = float(parts[2]), float(parts[3])
+            except ValueError:
+                raise BridgeError(f"SysEx section {text!r}: start and length must be numbers") from None
+            self.bridge.define_section(parts[0], parts[1], start, length)
+        else:
+            raise BridgeError(f"unknown dr2 SysEx command {command}")
+
+
+class MidiTcpServer:
+    """MIDI over TCP with mido's :class:`~mido.sockets.PortServer`: any number of clients connect with
+    ``mido.sockets.connect(host, port)``; their messages drive the controller and events go back to all."""
+
+    def __init__(self, controller: MidiController, host: str = "127.0.0.1", port: int = 7101, *, poll: float = 0.002) -> None:
+        from mido.sockets import PortServer
+
+        self.controller = controller
+        self._server = PortServer(host, port)
+        self.host, self.port = self._server._socket.getsockname()[:2]
+        self._poll = poll
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dr2-midi-tcp", daemon=True)
+        controller.add_output(self._send)
+
+    def start(self) -> "MidiTcpServer":
+        self._thread.start()
+        log.info("MIDI socket port on %s:%d", self.host, self.port)
+        return self
+
+    def _send(self, msg: Any) -> None:
+        with self._lock:
+            for port in list(self._server.ports):
+                try:
+                    port.send(msg)
+                except (OSError, ValueError):
+                    pass
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    messages = list(self._server.iter_pending())
+            except (OSError, ValueError) as exc:  # a client vanished mid-read
+                log.debug("MIDI socket read failed: %s", exc)
+                messages = []
+            for msg in messages:
+                self.controller.handle(msg)
+            if not messages:
+                time.sleep(self._poll)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.controller.remove_output(self._send)
+        if self._thread.is_alive():
+            self._thread.join(5)
+        with self._lock:
+            self._server.close()
+
+    def __enter__(self) -> "MidiTcpServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_virtual_port(controller: MidiController, name: str) -> Any:
+    """Open an rtmidi virtual in/out port called ``name`` (macOS, Linux with ALSA); returns the port.
+
+    Raises :class:`BridgeError` where the platform has no virtual ports or no MIDI system.
+    """
+    import mido
+
+    try:
+        port = mido.open_ioport(name, virtual=True, callback=controller.handle)
+    except (OSError, IOError, NotImplementedError, RuntimeError, ImportError) as exc:
+        raise BridgeError(f"cannot open a virtual MIDI port {name!r} here ({exc}); use --midi-tcp PORT instead") from exc
+    except Exception as exc:  # rtmidi raises its own SystemError subclasses
+        raise BridgeError(f"cannot open a virtual MIDI port {name!r} here ({exc}); use --midi-tcp PORT instead") from exc
+    controller.add_output(port.send)
+    return port

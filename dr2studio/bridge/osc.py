@@ -1,0 +1,484 @@
+"""OSC front end of the bridge: UDP and TCP servers speaking the address space of ``osc-midi.md``.
+
+- UDP datagrams are handled one at a time on the server thread, so a client's messages take effect
+  in the order it sent them (``lyrics/set`` before ``gen/song``); requests are quick because jobs run
+  in the bridge's queue. Datagrams up to 64 KiB are read, so an oversize one gets an error reply
+  instead of python-osc's silent drop.
+- TCP connections each get a thread; framing is detected from the first byte (SLIP, OSC 1.1, when it
+  is ``0xC0``; otherwise the 4-byte length prefix of OSC 1.0) and replies use the same framing.
+- Messages go through a python-osc :class:`~pythonosc.dispatcher.Dispatcher` (``strict_timing=False``:
+  bundle time tags never make the server sleep) whose default handler answers unknown addresses.
+  Unparseable packets, wrong argument types and handler failures are answered with
+  ``/dr2/error s:address s:message`` and never stop the server.
+
+Replies to a request (``/dr2/pong``, ``/dr2/ack``, ``/dr2/error``) go to the sender and to the
+subscribers; job events go to the subscribers (``/dr2/subscribe``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import socketserver
+import struct
+import threading
+from typing import Any, Callable
+
+from pythonosc import osc_packet
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_message_builder import build_msg
+
+from dr2studio.bridge.core import Bridge, BridgeJob
+from dr2studio.bridge.paths import PathError
+from dr2studio.bridge.session import BridgeError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OscServer", "ROUTES", "DEFAULT_PORT", "encode_message"]
+
+DEFAULT_PORT = 7100
+MAX_UDP_BYTES = 32 * 1024
+MAX_TCP_BYTES = 1024 * 1024
+MAX_SUBSCRIBERS = 32
+_SLIP_END, _SLIP_ESC, _SLIP_ESC_END, _SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
+
+
+def encode_message(address: str, args: list) -> bytes:
+    """One OSC message as bytes (floats are sent as 32-bit ``f``, ints as ``i``)."""
+    return build_msg(address, args).dgram
+
+
+def _slip(data: bytes) -> bytes:
+    return b"\xc0" + data.replace(b"\xdb", b"\xdb\xdd").replace(b"\xc0", b"\xdb\xdc") + b"\xc0"
+
+
+def _unslip(frame: bytes) -> bytes:
+    out = bytearray()
+    it = iter(frame)
+    for byte in it:
+        if byte == _SLIP_ESC:
+            nxt = next(it, None)
+            if nxt == _SLIP_ESC_END:
+                out.append(_SLIP_END)
+            elif nxt == _SLIP_ESC_ESC:
+                out.append(_SLIP_ESC)
+            else:
+                raise ValueError("invalid SLIP escape sequence")
+        else:
+            out.append(byte)
+    return bytes(out)
+
+
+# ------------------------------------------------------------------------------------------- routes
+
+def _type_name(value: Any) -> str:
+    return {bool: "T/F", int: "i", float: "f", str: "s", bytes: "b"}.get(type(value), type(value).__name__)
+
+
+def _coerce(value: Any, code: str) -> Any:
+    if code == "s" and isinstance(value, str):
+        return value
+    if code == "i" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if code == "f" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError
+
+
+class _Route:
+    """An address with its required and optional OSC argument types and the bridge call behind it."""
+
+    def __init__(self, required: str, optional: str, call: Callable[..., Any], doc: str) -> None:
+        self.required, self.optional, self.call, self.doc = required, optional, call, doc
+
+    @property
+    def signature(self) -> str:
+        return self.required + (f"[{self.optional}]" if self.optional else "") or "no arguments"
+
+    def parse(self, address: str, args: tuple) -> list[Any]:
+        codes = self.required + self.optional
+        if not len(self.required) <= len(args) <= len(codes):
+            raise BridgeError(f"{address} takes {self.signature}, got {len(args)} argument(s) "
+                              f"({''.join(_type_name(a) for a in args) or 'none'})")
+        out = []
+        for i, (value, code) in enumerate(zip(args, codes)):
+            try:
+                out.append(_coerce(value, code))
+            except TypeError:
+                raise BridgeError(f"{address}: argument {i + 1} must be '{code}', got '{_type_name(value)}' "
+                                  f"{value!r:.40} (signature {self.signature})") from None
+        return out
+
+
+def _seed(value: int | None) -> int | None:
+    return None if value is None or value < 0 else int(value)
+
+
+def _routes(server: "OscServer") -> dict[str, _Route]:
+    b = server.bridge
+    return {
+        "/dr2/ping": _Route("", "", lambda: ("/dr2/pong", [b.ping()]), "reply /dr2/pong s:version"),
+        "/dr2/subscribe": _Route("", "si", server._subscribe, "events go to host:port (UDP), or to this sender / TCP connection"),
+        "/dr2/unsubscribe": _Route("", "si", server._unsubscribe, "stop sending events there"),
+        "/dr2/session/open": _Route("s", "s", lambda p, daw="generic": b.open_session(p, daw) and None, "open a project folder"),
+        "/dr2/session/close": _Route("", "", b.close_session, "forget the session"),
+        "/dr2/session/state": _Route("", "", lambda: ("/dr2/session/state", [json.dumps(b.require_session().describe())]),
+                                     "reply /dr2/session/state s:json"),
+        "/dr2/session/autocommit": _Route("i", "", lambda on: b.set_autocommit(bool(on)), "1: every take becomes the song (default)"),
+        "/dr2/song/tempo": _Route("f", "", b.set_tempo, "bpm"),
+        "/dr2/song/timesig": _Route("ii", "", b.set_timesig, "numerator, denominator"),
+        "/dr2/song/style": _Route("s", "", b.set_style, "style prompt"),
+        "/dr2/section/define": _Route("ssff", "", b.define_section, "sec_id, kind, start_beats, length_beats"),
+        "/dr2/lyrics/set": _Route("ss", "", b.set_lyrics, "sec_id, text"),
+        "/dr2/lyrics/chunk": _Route("siis", "", b.lyrics_chunk, "sec_id, seq, total, text"),
+        "/dr2/lyrics/file": _Route("ss", "", b.lyrics_file, "sec_id, path inside the project"),
+        "/dr2/gen/song": _Route("s", "fi", lambda j, sec=0.0, seed=-1: b.submit(j, BridgeJob("song", seconds=sec, seed=_seed(seed))) and None,
+                                "job_id [, seconds (0: end of the last section), seed]"),
+        "/dr2/gen/continue": _Route("sffs", "i", lambda j, f, n, s, seed=-1: b.submit(
+            j, BridgeJob("continue", from_beats=f, length_beats=n, sec_id=s, seed=_seed(seed))) and None,
+                                    "job_id, from_beats, length_beats, sec_id [, seed]"),
+        "/dr2/gen/regenerate": _Route("ssi", "", lambda j, s, seed: b.submit(
+            j, BridgeJob("regenerate", sec_id=s, seed=_seed(seed))) and None, "job_id, sec_id, seed (-1: random)"),
+        "/dr2/gen/cancel": _Route("s", "", lambda j: b.cancel(j) and None, "job_id"),
+        "/dr2/gen/options": _Route("if", "", b.set_options, "steps, cfg_strength"),
+        "/dr2/take/commit": _Route("", "s", lambda j=None: b.commit(j) and None, "make a take the song (autocommit off)"),
+        "/dr2/fx/preset": _Route("ss", "", b.set_fx, "stem, preset"),
+        "/dr2/midi/file": _Route("s", "", lambda p: server.import_midi(p), "import sections, lyrics and tempo from a .mid in the project"),
+    }
+
+
+#: The address table (for documentation and tests): address -> (required types, optional types, meaning).
+ROUTES: dict[str, tuple[str, str, str]] = {}
+
+
+class _Sender:
+    """Where one request came from: a UDP address or a TCP connection."""
+
+    def __init__(self, udp: tuple[str, int] | None = None, tcp: "_TcpConnection | None" = None) -> None:
+        self.udp, self.tcp = udp, tcp
+
+    @property
+    def key(self) -> Any:
+        return self.tcp if self.tcp is not None else self.udp
+
+
+# --------------------------------------------------------------------------------------------- server
+
+class OscServer:
+    """UDP + TCP OSC servers in front of one :class:`~dr2studio.bridge.core.Bridge`.
+
+    ``port`` 0 picks free ports (read :attr:`udp_port` / :attr:`tcp_port`). ``midi_import`` (set by
+    the CLI) handles ``/dr2/midi/file``.
+    """
+
+    def __init__(self, bridge: Bridge, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, tcp: bool = True,
+                 max_udp_bytes: int = MAX_UDP_BYTES, max_tcp_bytes: int = MAX_TCP_BYTES) -> None:
+        self.bridge = bridge
+        self.max_udp_bytes, self.max_tcp_bytes = max_udp_bytes, max_tcp_bytes
+        self.midi_import: Callable[[str], Any] | None = None
+        self._routes = _routes(self)
+        ROUTES.update({a: (r.required, r.optional, r.doc) for a, r in self._routes.items()})
+        self.dispatcher = Dispatcher(strict_timing=False)
+        for address, route in self._routes.items():
+            self.dispatcher.map(address, self._invoke, route, needs_reply_address=True)
+        self.dispatcher.set_default_handler(self._unknown, needs_reply_address=True)
+        self._subs_lock = threading.Lock()
+        self._udp_subs: list[tuple[str, int]] = []
+        self._tcp_subs: list[_TcpConnection] = []
+        self._local = threading.local()
+        self._udp = _UdpServer((host, port), self)
+        self._tcp = _TcpServer((host, self._udp.server_address[1] if port == 0 else port), self) if tcp else None
+        self._threads: list[threading.Thread] = []
+        bridge.add_sink(self._broadcast)
+
+    @property
+    def host(self) -> str:
+        return self._udp.server_address[0]
+
+    @property
+    def udp_port(self) -> int:
+        return self._udp.server_address[1]
+
+    @property
+    def tcp_port(self) -> int | None:
+        return self._tcp.server_address[1] if self._tcp is not None else None
+
+    def start(self) -> "OscServer":
+        for srv, name in ((self._udp, "udp"), (self._tcp, "tcp")):
+            if srv is not None:
+                t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, name=f"dr2-osc-{name}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        log.info("OSC bridge listening on %s udp:%d tcp:%s", self.host, self.udp_port, self.tcp_port)
+        return self
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`close` is called from another thread (or Ctrl-C)."""
+        self.start()
+        for t in self._threads:
+            while t.is_alive():
+                t.join(0.5)
+
+    def close(self) -> None:
+        self.bridge.remove_sink(self._broadcast)
+        for srv in (self._udp, self._tcp):
+            if srv is not None:
+                srv.shutdown()
+                srv.server_close()
+        with self._subs_lock:
+            conns = list(self._tcp_subs)
+            self._tcp_subs.clear()
+        for conn in conns:
+            conn.close()
+        for t in self._threads:
+            t.join(5)
+
+    def __enter__(self) -> "OscServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- packets
+    def handle_packet(self, data: bytes, sender: _Sender) -> None:
+        """Parse one packet and run its messages; every failure becomes an error reply."""
+        limit = self.max_udp_bytes if sender.tcp is None else self.max_tcp_bytes
+        if len(data) > limit:
+            self._reply(sender, "/dr2/error", ["<packet>", f"packet of {len(data)} bytes exceeds the {limit}-byte limit; "
+                                               "send long lyrics with /dr2/lyrics/chunk, /dr2/lyrics/file or over TCP"])
+            return
+        try:
+            osc_packet.OscPacket(data)
+        except Exception as exc:  # ParseError, but also odd failures inside the parser on garbage
+            self._reply(sender, "/dr2/error", ["<packet>", f"not an OSC message or bundle ({len(data)} bytes): {exc}"])
+            return
+        self._local.sender = sender
+        try:
+            for result in self.dispatcher.call_handlers_for_packet(data, sender.udp or ("tcp", 0)):
+                address, args = result
+                self._reply(sender, address, list(args))
+        finally:
+            self._local.sender = None
+
+    def _invoke(self, client: Any, address: str, fixed: list, *args: Any) -> tuple[str, list] | None:
+        route: _Route = fixed[0]
+        try:
+            result = route.call(*route.parse(address, args))
+        except (BridgeError, PathError) as exc:
+            return ("/dr2/error", [address, str(exc)])
+        except Exception as exc:  # a bug must not take the server down; the client learns what failed
+            log.exception("OSC handler for %s failed", address)
+            return ("/dr2/error", [address, f"internal error: {type(exc).__name__}: {exc}"])
+        if isinstance(result, tuple):
+            return result
+        return ("/dr2/ack", [address])
+
+    def _unknown(self, client: Any, address: str, *args: Any) -> tuple[str, list]:
+        return ("/dr2/error", [address, f"unknown address {address!r}; known: {', '.join(sorted(self._routes))}"])
+
+    # --------------------------------------------------------- subscribers
+    def _subscribe(self, host: str | None = None, port: int | None = None) -> None:
+        sender: _Sender = self._local.sender
+        with self._subs_lock:
+            if host is None and sender.tcp is not None:
+                if sender.tcp not in self._tcp_subs:
+                    self._tcp_subs.append(sender.tcp)
+                return
+            if host is None:
+                target = sender.udp
+            else:
+                if port is None or not 1 <= port <= 65535:
+                    raise BridgeError(f"/dr2/subscribe needs a port in 1..65535, got {port}")
+                target = (host, int(port))
+            if target not in self._udp_subs:
+                if len(self._udp_subs) + len(self._tcp_subs) >= MAX_SUBSCRIBERS:
+                    raise BridgeError(f"at most {MAX_SUBSCRIBERS} subscribers")
+                try:
+                    socket.getaddrinfo(target[0], target[1], type=socket.SOCK_DGRAM)
+                except socket.gaierror as exc:
+                    raise BridgeError(f"cannot resolve subscriber host {target[0]!r}: {exc}") from None
+                self._udp_subs.append(target)
+
+    def _unsubscribe(self, host: str | None = None, port: int | None = None) -> None:
+        sender: _Sender = self._local.sender
+        with self._subs_lock:
+            if host is None and sender.tcp is not None:
+                if sender.tcp in self._tcp_subs:
+                    self._tcp_subs.remove(sender.tcp)
+                return
+            target = sender.udp if host is None else (host, int(port or 0))
+            if target in self._udp_subs:
+                self._udp_subs.remove(target)
+
+    def _drop_connection(self, conn: "_TcpConnection") -> None:
+        with self._subs_lock:
+            if conn in self._tcp_subs:
+                self._tcp_subs.remove(conn)
+
+    def _targets(self) -> tuple[list[tuple[str, int]], list["_TcpConnection"]]:
+        with self._subs_lock:
+            return list(self._udp_subs), list(self._tcp_subs)
+
+    def _send_udp(self, target: tuple[str, int], data: bytes) -> None:
+        try:
+            self._udp.socket.sendto(data, target)
+        except OSError as exc:
+            log.debug("cannot send to %s: %s", target, exc)
+
+    def _broadcast(self, address: str, args: list) -> None:
+        data = encode_message(address, args)
+        udp, tcp = self._targets()
+        for target in udp:
+            self._send_udp(target, data)
+        for conn in tcp:
+            conn.send(data)
+
+    def _reply(self, sender: _Sender, address: str, args: list) -> None:
+        data = encode_message(address, args)
+        udp, tcp = self._targets()
+        if sender.tcp is not None:
+            sender.tcp.send(data)
+        elif sender.udp is not None:
+            self._send_udp(sender.udp, data)
+        if address == "/dr2/ack":
+            return  # acks are for the sender only
+        for target in udp:
+            if target != sender.udp:
+                self._send_udp(target, data)
+        for conn in tcp:
+            if conn is not sender.tcp:
+                conn.send(data)
+
+    def import_midi(self, path: str) -> None:
+        if self.midi_import is None:
+            raise BridgeError("MIDI file import is not available in this bridge")
+        self.midi_import(path)
+
+
+# ---------------------------------------------------------------------------------------- transports
+
+class _UdpServer(socketserver.UDPServer):
+    """Single-threaded on purpose: requests from a client keep their order."""
+
+    max_packet_size = 65535
+    allow_reuse_address = False
+
+    def __init__(self, address: tuple[str, int], osc: OscServer) -> None:
+        self.osc = osc
+        super().__init__(address, _UdpHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("UDP request from %s failed", client_address)
+
+
+class _UdpHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        data = self.request[0]
+        self.server.osc.handle_packet(data, _Sender(udp=self.client_address))  # type: ignore[attr-defined]
+
+
+class _TcpConnection:
+    def __init__(self, sock: socket.socket, slip: bool) -> None:
+        self.sock, self.slip = sock, slip
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        frame = _slip(data) if self.slip else struct.pack("!I", len(data)) + data
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                self.sock.sendall(frame)
+            except OSError:
+                self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], osc: OscServer) -> None:
+        self.osc = osc
+        super().__init__(address, _TcpHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("TCP connection from %s failed", client_address)
+
+
+class _TcpHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        osc: OscServer = self.server.osc  # type: ignore[attr-defined]
+        sock: socket.socket = self.request
+        first = sock.recv(1, socket.MSG_PEEK)
+        if not first:
+            return
+        conn = _TcpConnection(sock, slip=first[0] == _SLIP_END)
+        try:
+            for frame in (self._slip_frames if conn.slip else self._length_frames)(sock, osc.max_tcp_bytes):
+                if isinstance(frame, str):  # framing error: tell the client, then hang up
+                    osc._reply(_Sender(tcp=conn), "/dr2/error", ["<packet>", frame])
+                    break
+                osc.handle_packet(frame, _Sender(tcp=conn))
+        finally:
+            osc._drop_connection(conn)
+            conn.closed = True
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+    def _length_frames(self, sock: socket.socket, limit: int):
+        buf = b""
+        while True:
+            while len(buf) < 4:
+                more = self._recv(sock)
+                if not more:
+                    return
+                buf += more
+            (length,) = struct.unpack("!I", buf[:4])
+            if length > limit:
+                yield f"TCP frame of {length} bytes exceeds the {limit}-byte limit; closing the connection"
+                return
+            while len(buf) < 4 + length:
+                more = self._recv(sock)
+                if not more:
+                    return
+                buf += more
+            yield buf[4:4 + length]
+            buf = buf[4 + length:]
+
+    def _slip_frames(self, sock: socket.socket, limit: int):
+        buf = bytearray()
+        while True:
+            more = self._recv(sock)
+            if not more:
+                return
+            buf += more
+            while True:
+                end = buf.find(b"\xc0")
+                if end < 0:
+                    break
+                frame = bytes(buf[:end])
+                del buf[:end + 1]
+                if not frame:
+                    continue  # the END that opens a frame
+                try:
+                    yield _unslip(frame)
+                except ValueError as exc:
+                    yield f"bad SLIP frame: {exc}"
+                    return
+            if len(buf) > 2 * limit:
+                yield f"SLIP frame exceeds the {limit}-byte limit; closing the connection"
+                return

@@ -1,0 +1,233 @@
+"""What a DAW session has told the bridge: project folder, tempo grid, sections, lyrics, style.
+
+Times on the timeline are beats (Ableton) with the tempo to convert to seconds (Reaper). The state is
+plain data guarded by the bridge's lock; nothing here touches the network or the engine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from dr2studio.bridge.paths import PathError, check_name
+
+__all__ = [
+    "BridgeError",
+    "SectionDef",
+    "Session",
+    "SECTION_KINDS",
+    "DAWS",
+    "MAX_SECTION_LYRICS",
+    "MAX_TOTAL_LYRICS",
+    "MAX_CHUNKS",
+    "model_tag",
+]
+
+DAWS = ("ableton", "reaper", "generic")
+#: Section kinds a client may name -> the structure tag the model knows (see dr2-format.md §4.1).
+SECTION_KINDS: dict[str, str] = {
+    "intro": "intro", "verse": "verse", "pre-chorus": "verse", "prechorus": "verse", "chorus": "chorus",
+    "bridge": "bridge", "outro": "outro", "instrumental": "inst", "inst": "inst", "interlude": "inst",
+    "solo": "solo", "hook": "hook", "break": "break",
+}
+MAX_SECTION_LYRICS = 8 * 1024  # characters per section
+MAX_TOTAL_LYRICS = 48 * 1024  # characters per song
+MAX_CHUNKS = 256
+MAX_SECTIONS = 128
+MAX_BEATS = 100_000.0
+_LRC_STAMP = re.compile(r"\[\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?\]|<\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?>")
+_LRC_META = re.compile(r"^\[[A-Za-z#][\w#-]*:[^\]]*\]$")
+_TAG_LINE = re.compile(r"^\[[^\]]*\]$")
+
+
+class BridgeError(ValueError):
+    """A request the bridge cannot honour; the message is sent back to the client."""
+
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def model_tag(kind: str) -> str:
+    """The model's structure tag for a section kind (``pre-chorus`` -> ``verse``)."""
+    try:
+        return SECTION_KINDS[kind.lower()]
+    except KeyError:
+        raise BridgeError(f"section kind {kind!r} is not one of {', '.join(sorted(SECTION_KINDS))}") from None
+
+
+@dataclasses.dataclass
+class SectionDef:
+    """A section on the timeline: ``kind`` (see :data:`SECTION_KINDS`), start and length in beats."""
+
+    sec_id: str
+    kind: str
+    start_beats: float
+    length_beats: float
+
+    @property
+    def end_beats(self) -> float:
+        return self.start_beats + self.length_beats
+
+
+def clean_lyrics(text: str, what: str) -> list[str]:
+    """Lyric lines of one section: LRC stamps, LRC metadata and tag lines removed, blanks dropped.
+
+    The section's own kind supplies the structure tag, so tags inside the text would only duplicate it.
+    """
+    if not isinstance(text, str):
+        raise BridgeError(f"{what} must be text")
+    if len(text) > MAX_SECTION_LYRICS:
+        raise BridgeError(f"{what} has {len(text)} characters; the limit per section is {MAX_SECTION_LYRICS}", 413)
+    if "\x00" in text:
+        raise BridgeError(f"{what} holds a NUL character")
+    lines = []
+    for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        line = raw.strip()
+        if _LRC_META.match(line) and not _LRC_STAMP.match(line):
+            continue
+        line = _LRC_STAMP.sub("", line).strip()
+        if not line or _TAG_LINE.match(line):
+            continue
+        lines.append(line)
+    return lines
+
+
+@dataclasses.dataclass
+class Session:
+    """One open project. ``song`` is the committed take the next continue/regenerate works on; its
+    sample 0 sits at ``origin_beats`` on the DAW timeline."""
+
+    project: Path
+    daw: str = "generic"
+    bpm: float = 120.0
+    timesig: tuple[int, int] = (4, 4)
+    style: str | None = None
+    sections: dict[str, SectionDef] = dataclasses.field(default_factory=dict)
+    lyrics: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    chunks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    fx: dict[str, str] = dataclasses.field(default_factory=dict)
+    song: Any = None
+    origin_beats: float = 0.0
+    autocommit: bool = True
+
+    # ---------------------------------------------------------------- grid
+    def set_tempo(self, bpm: float) -> None:
+        if not 20.0 <= bpm <= 999.0:
+            raise BridgeError(f"tempo {bpm} bpm is outside 20..999")
+        self.bpm = float(bpm)
+
+    def set_timesig(self, num: int, den: int) -> None:
+        if not 1 <= num <= 32 or den not in (1, 2, 4, 8, 16, 32):
+            raise BridgeError(f"time signature {num}/{den}: numerator 1..32, denominator a power of two up to 32")
+        self.timesig = (int(num), int(den))
+
+    def seconds(self, beats: float) -> float:
+        return float(beats) * 60.0 / self.bpm
+
+    def beats(self, seconds: float) -> float:
+        return float(seconds) * self.bpm / 60.0
+
+    @property
+    def beats_per_bar(self) -> float:
+        num, den = self.timesig
+        return num * 4.0 / den
+
+    # ------------------------------------------------------------ sections
+    def define_section(self, sec_id: str, kind: str, start_beats: float, length_beats: float) -> SectionDef:
+        check_name_or_error(sec_id, "section id")
+        model_tag(kind)
+        if not (0.0 <= start_beats <= MAX_BEATS and 0.0 < length_beats <= MAX_BEATS):
+            raise BridgeError(f"section {sec_id}: start {start_beats} and length {length_beats} beats must be >= 0 and > 0 (max {MAX_BEATS:g})")
+        if sec_id not in self.sections and len(self.sections) >= MAX_SECTIONS:
+            raise BridgeError(f"a session holds at most {MAX_SECTIONS} sections")
+        section = SectionDef(sec_id, kind.lower(), float(start_beats), float(length_beats))
+        self.sections[sec_id] = section
+        return section
+
+    def section(self, sec_id: str) -> SectionDef:
+        try:
+            return self.sections[sec_id]
+        except KeyError:
+            known = ", ".join(sorted(self.sections)) or "none defined yet"
+            raise BridgeError(f"unknown section {sec_id!r} (sections: {known})", 404) from None
+
+    def ordered_sections(self) -> list[SectionDef]:
+        return sorted(self.sections.values(), key=lambda s: (s.start_beats, s.sec_id))
+
+    def section_at(self, beats: float) -> SectionDef | None:
+        for s in self.ordered_sections():
+            if s.start_beats <= beats < s.end_beats:
+                return s
+        return None
+
+    # -------------------------------------------------------------- lyrics
+    def set_lyrics(self, sec_id: str, text: str) -> int:
+        """Set the lyrics of a section (it need not be defined yet); returns the number of lines."""
+        check_name_or_error(sec_id, "section id")
+        lines = clean_lyrics(text, f"lyrics of {sec_id}")
+        total = sum(len("\n".join(v)) for k, v in self.lyrics.items() if k != sec_id) + len("\n".join(lines))
+        if total > MAX_TOTAL_LYRICS:
+            raise BridgeError(f"the song's lyrics would reach {total} characters; the limit is {MAX_TOTAL_LYRICS}", 413)
+        self.lyrics[sec_id] = lines
+        return len(lines)
+
+    def add_chunk(self, sec_id: str, seq: int, total: int, text: str) -> int | None:
+        """Store chunk ``seq`` of ``total``; when all have arrived, set the lyrics and return the line count."""
+        check_name_or_error(sec_id, "section id")
+        if not 1 <= total <= MAX_CHUNKS or not 0 <= seq < total:
+            raise BridgeError(f"lyrics chunk {seq}/{total}: need 0 <= seq < total <= {MAX_CHUNKS}")
+        if not isinstance(text, str):
+            raise BridgeError("lyrics chunk text must be a string")
+        state = self.chunks.get(sec_id)
+        if state is None or state["total"] != total:
+            state = self.chunks[sec_id] = {"total": total, "parts": {}}
+        state["parts"][seq] = text
+        size = sum(len(p) for p in state["parts"].values())
+        if size > MAX_SECTION_LYRICS:
+            del self.chunks[sec_id]
+            raise BridgeError(f"lyrics chunks of {sec_id} reach {size} characters; the limit per section is {MAX_SECTION_LYRICS}", 413)
+        if len(state["parts"]) < total:
+            return None
+        del self.chunks[sec_id]
+        return self.set_lyrics(sec_id, "".join(state["parts"][i] for i in range(total)))
+
+    def section_lyrics(self, sections: list[SectionDef]) -> str:
+        """Lyrics text for the model: each section's structure tag followed by its lines."""
+        out: list[str] = []
+        for s in sections:
+            out.append(f"[{model_tag(s.kind)}]")
+            out.extend(self.lyrics.get(s.sec_id, []))
+        return "\n".join(out)
+
+    # ---------------------------------------------------------------- song
+    def song_seconds(self) -> float:
+        if self.song is None:
+            return 0.0
+        return self.song.audio.shape[-1] / float(self.song.sample_rate)
+
+    def timeline_end_beats(self) -> float:
+        return max((s.end_beats for s in self.sections.values()), default=0.0)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary for ``/dr2/session/state`` and the session file."""
+        return {
+            "project": str(self.project),
+            "daw": self.daw,
+            "bpm": self.bpm,
+            "timesig": list(self.timesig),
+            "style": self.style,
+            "sections": [dataclasses.asdict(s) for s in self.ordered_sections()],
+            "lyrics": {k: "\n".join(v) for k, v in self.lyrics.items()},
+            "fx": dict(self.fx),
+            "origin_beats": self.origin_beats,
+            "song_seconds": self.song_seconds(),
+        }
+
+
+def check_name_or_error(value: object, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except PathError as exc:
+        raise BridgeError(str(exc)) from exc
