@@ -214,3 +214,17 @@ def apply_midi_plan(bridge: Any, plan: MidiPlan, *, job_prefix: str = "midi") ->
         else:
             log.warning("%s: cue %r is not a command (style: TEXT, generate)", plan.source, text)
     return jobs
+
+
+def import_midi_file(bridge: Any, path: str) -> list[str]:
+    """``/dr2/midi/file``: read a MIDI file from inside the open project and apply it."""
+    from dr2studio.bridge.paths import PathError, resolve_inside
+
+    session = bridge.require_session()
+    try:
+        resolved = resolve_inside(session.project, path, "MIDI file")
+    except PathError as exc:
+        raise BridgeError(str(exc), 403) from exc
+    if resolved.suffix.lower() not in (".mid", ".midi", ".kar"):
+        raise BridgeError(f"MIDI file {path!r} must end with .mid, .midi or .kar")
+    return apply_midi_plan(bridge, read_midi_file(resolved))

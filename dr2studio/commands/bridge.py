@@ -1,0 +1,116 @@
+"""``dr2studio bridge``: the OSC/MIDI server a DAW talks to."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+__all__ = ["bridge"]
+
+log = logging.getLogger(__name__)
+
+
+def _load_style(path: Path | None):
+    if path is None:
+        return None
+    from dr2studio.style.embedding import load_style_embedding
+
+    try:
+        return load_style_embedding(path)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"--style-embedding {path}: {exc}") from exc
+
+
+def _engine(model: str | None, engine_url: str | None, device: str | None, style, max_pending: int):
+    from dr2studio.engine import JobError, LocalEngine, ServeEngine
+
+    if (model is None) == (engine_url is None):
+        raise click.ClickException("give exactly one of --model DIR (run the model here) or --engine http://HOST:PORT")
+    if engine_url is not None:
+        try:
+            engine = ServeEngine(engine_url, max_pending=max_pending, style_embedding=style)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        try:
+            info = engine.health()
+        except JobError as exc:
+            engine.close()
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"engine: {engine_url} serving {info.get('model')}", err=True)
+        return engine
+    try:
+        return LocalEngine(model, device=device, max_pending=max_pending, style_embedding=style)
+    except (ValueError, OSError) as exc:  # StudioError, CheckpointError, ConfigError are ValueErrors
+        raise click.ClickException(f"--model {model}: {exc}") from exc
+
+
+@click.command("bridge")
+@click.option("--model", metavar="DIR", help="Run this model in the bridge process (directory or hub id).")
+@click.option("--engine", "engine_url", metavar="URL", help="Use a `dr2studio serve` deployment instead, e.g. http://127.0.0.1:8000.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (OSC and MIDI-over-TCP).")
+@click.option("--osc-port", default=7100, show_default=True, type=click.IntRange(0, 65535), help="OSC port (UDP and TCP).")
+@click.option("--no-osc-tcp", is_flag=True, help="Listen for OSC on UDP only.")
+@click.option("--style-embedding", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Default style (.npy/.safetensors, 512 values) for sessions without /dr2/song/style.")
+@click.option("--midi-port", metavar="NAME", help="Open a virtual MIDI port (rtmidi; macOS and Linux with ALSA).")
+@click.option("--midi-tcp", type=click.IntRange(0, 65535), metavar="PORT", help="Accept MIDI over TCP (mido socket port).")
+@click.option("--watch", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Import MIDI files dropped into this folder.")
+@click.option("--project", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Open this project at start.")
+@click.option("--daw", type=click.Choice(["ableton", "reaper", "generic"]), default="generic", show_default=True, help="DAW of --project.")
+@click.option("--projects-root", "projects_roots", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Only allow sessions in folders below this one (repeatable).")
+@click.option("--steps", default=32, show_default=True, type=click.IntRange(1, 1000), help="Sampler steps per block.")
+@click.option("--cfg", "cfg_strength", default=2.0, show_default=True, type=click.FloatRange(0, 50), help="Guidance strength.")
+@click.option("--preset", default="clean", show_default=True, help="Effect preset for stems (shipped name or .json).")
+@click.option("--separate", is_flag=True, help="Also write vocals/drums/bass/other stems (Hybrid Demucs).")
+@click.option("--sample-rate", type=click.IntRange(8000, 192000), help="Resample stems to the project's rate.")
+@click.option("--max-pending", default=8, show_default=True, type=click.IntRange(1, 1000), help="Jobs that may wait in the queue.")
+@click.option("--device", help="torch device for --model (default: cuda if available).")
+def bridge(model, engine_url, host, osc_port, no_osc_tcp, style_embedding, midi_port, midi_tcp, watch, project, daw,
+           projects_roots, steps, cfg_strength, preset, separate, sample_rate, max_pending, device) -> None:
+    """Run the OSC (and optionally MIDI) bridge until Ctrl-C.
+
+    \b
+    Examples:
+      dr2studio bridge --model ./dr2-model --style-embedding pop.npy
+      dr2studio bridge --engine http://127.0.0.1:8000 --midi-tcp 7101 --watch ~/Music/dr2-inbox
+
+    Prints one JSON line with the listening addresses on stdout. The OSC address space is in
+    docs/bridge.md; replies go to clients that sent /dr2/subscribe.
+    """
+    from dr2studio.audio.effects import load_preset
+    from dr2studio.bridge import BridgeApp, BridgeError, BridgeOptions
+    from dr2studio.config import ConfigError
+
+    try:
+        load_preset(preset)
+    except ConfigError as exc:
+        raise click.ClickException(f"--preset: {exc}") from exc
+    style = _load_style(style_embedding)
+    engine = _engine(model, engine_url, device, style, max_pending)
+    options = BridgeOptions(
+        host=host, osc_port=osc_port, osc_tcp=not no_osc_tcp, midi_port=midi_port, midi_tcp=midi_tcp, watch=watch,
+        project=project, daw=daw, project_roots=list(projects_roots) or None, steps=steps, cfg_strength=cfg_strength,
+        max_pending=max_pending,
+        stem_options={"preset": preset, "separate": separate, "sample_rate": sample_rate},
+    )
+    try:
+        app = BridgeApp(engine, options, style_embedding=style)
+    except (BridgeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        click.echo(json.dumps(app.addresses()))
+        click.echo(f"bridge ready: OSC {app.osc.host}:{app.osc.udp_port}; Ctrl-C to stop", err=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        app.close()
+        click.echo("bridge stopped", err=True)

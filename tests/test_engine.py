@@ -1,0 +1,266 @@
+"""Engine: job queue semantics (ids, progress, cancellation, bounds, threads) and LocalEngine on a tiny model."""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from dr2studio.engine import (
+    Job,
+    JobCancelled,
+    JobContext,
+    JobError,
+    JobEvent,
+    JobQueue,
+    JobRequest,
+    LocalEngine,
+    QueueFull,
+    consume_events,
+    encode_event,
+    song_from_bytes,
+    song_to_bytes,
+)
+
+
+def _recorder():
+    events: list[JobEvent] = []
+    lock = threading.Lock()
+
+    def on_event(e: JobEvent) -> None:
+        with lock:
+            events.append(e)
+
+    return events, on_event
+
+
+def test_job_events_come_in_order_and_ids_are_idempotent():
+    calls = []
+
+    def runner(job: Job, ctx: JobContext):
+        calls.append(job.id)
+        for i in range(3):
+            ctx.progress((i + 1) / 3, "step")
+        return job.request * 2
+
+    q = JobQueue(runner, workers=1, max_pending=4)
+    try:
+        events, on_event = _recorder()
+        job = q.submit(21, job_id="take-1", on_event=on_event)
+        assert job.wait(5) == 42
+        again = q.submit(99, job_id="take-1")  # same id: same job, not run again
+        assert again is job and again.result == 42
+        assert calls == ["take-1"]
+        assert [e.type for e in events] == ["queued", "started", "progress", "progress", "progress", "done"]
+        assert [round(e.fraction, 3) for e in events if e.type == "progress"] == [0.333, 0.667, 1.0]
+        auto = q.submit(1)
+        assert auto.id != "take-1" and auto.wait(5) == 2
+        with pytest.raises(JobError, match="job id"):
+            q.submit(1, job_id="../escape")
+    finally:
+        q.close()
+
+
+def test_queue_is_bounded_and_cancellation_works_queued_and_running():
+    started, release = threading.Event(), threading.Event()
+
+    def runner(job: Job, ctx: JobContext):
+        started.set()
+        while not release.wait(0.01):
+            ctx.check()  # a real runner checks between blocks
+        return "ok"
+
+    q = JobQueue(runner, workers=1, max_pending=2)
+    try:
+        running = q.submit(None, job_id="run")
+        assert started.wait(5)
+        waiting = [q.submit(None, job_id=f"w{i}") for i in range(2)]
+        with pytest.raises(QueueFull):
+            q.submit(None, job_id="overflow")
+        events, on_event = _recorder()
+        waiting[0].add_listener(on_event)
+        assert q.cancel("w0") and waiting[0].state == "cancelled"
+        assert [e.type for e in events] == ["cancelled"]
+        with pytest.raises(JobCancelled):
+            waiting[0].wait(1)
+        q.submit(None, job_id="fits-again")  # the cancelled job freed its slot
+        assert q.cancel("run")
+        with pytest.raises(JobCancelled):
+            running.wait(5)
+        assert not q.cancel("run") and not q.cancel("nope")
+        release.set()
+        assert waiting[1].wait(5) == "ok"
+    finally:
+        release.set()
+        q.close()
+
+
+def test_failing_job_reports_and_worker_survives():
+    def runner(job: Job, ctx: JobContext):
+        if job.request == "boom":
+            raise RuntimeError("decoder exploded at block 3")
+        return job.request
+
+    q = JobQueue(runner, workers=1, max_pending=4)
+    try:
+        events, on_event = _recorder()
+        bad = q.submit("boom", on_event=on_event)
+        with pytest.raises(JobError, match="decoder exploded at block 3"):
+            bad.wait(5)
+        assert bad.state == "failed" and events[-1].type == "error" and "block 3" in events[-1].message
+        assert q.submit("fine").wait(5) == "fine"
+    finally:
+        q.close()
+
+
+def test_many_threads_submitting_concurrently():
+    q = JobQueue(lambda job, ctx: job.request, workers=2, max_pending=1000)
+    jobs: list[Job] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        for i in range(25):
+            job = q.submit((n, i), job_id=f"c{n}-{i}")
+            with lock:
+                jobs.append(job)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len({j.id for j in jobs}) == 200
+        assert sorted(j.wait(10) for j in jobs) == sorted((n, i) for n in range(8) for i in range(25))
+    finally:
+        q.close()
+
+
+def test_close_cancels_waiting_jobs():
+    gate = threading.Event()
+    q = JobQueue(lambda job, ctx: gate.wait(5), workers=1, max_pending=4)
+    first = q.submit(None)
+    second = q.submit(None)
+    gate.set()
+    q.close()
+    assert first.finished and second.finished
+    with pytest.raises(JobError, match="closed"):
+        q.submit(None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(kind="generate", lyrics="[verse]\nhi"), "duration"),
+        (dict(kind="infill", lyrics="x", start=5.0, end=2.0), "start < end"),
+        (dict(kind="remix", lyrics="x"), "kind"),
+        (dict(kind="generate", lyrics="x", duration=5, steps=0), "steps"),
+        (dict(kind="generate", lyrics="x", duration=5000), "duration"),
+        (dict(kind="generate", lyrics="x" * 70000, duration=5), "lyrics"),
+        (dict(kind="generate", lyrics="x", duration=5, style_embedding=[0.0] * 3), "512"),
+    ],
+)
+def test_bad_requests_are_rejected_before_queueing(tiny_engine, kwargs, message):
+    with pytest.raises(JobError, match=message):
+        tiny_engine.submit(JobRequest(**kwargs))
+
+
+def test_extend_without_song_is_rejected(tiny_engine):
+    with pytest.raises(JobError, match="needs a song"):
+        tiny_engine.submit(JobRequest(kind="extend", lyrics="[verse]\nmore"))
+
+
+def test_job_request_round_trips_json():
+    req = JobRequest(kind="infill", lyrics="[chorus]\nla", start=1.0, end=2.5, seed=7, style="lofi")
+    assert JobRequest.from_dict(req.to_dict()) == req
+
+
+# --------------------------------------------------------------------------------- tiny model runs
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from dr2studio.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model):
+    engine = LocalEngine(str(tiny_model), style_embedding=torch.randn(512, generator=torch.Generator().manual_seed(0)))
+    yield engine
+    engine.close()
+
+
+def test_local_engine_generates_streams_extends_and_cancels(tiny_engine):
+    events, on_event = _recorder()
+    req = JobRequest(kind="generate", lyrics="[verse]\nhello world\nsing it loud", duration=6.0, steps=2, seed=3)
+    song = tiny_engine.submit(req, on_event=on_event).wait(120)
+    assert song.sample_rate == 48000 and song.audio.shape[0] == 1
+    assert song.latents.shape[1] * 9600 == song.audio.shape[1]
+    progress = [e.fraction for e in events if e.type == "progress"]
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+    chunks = [e for e in events if e.type == "audio"]
+    assert len(chunks) >= 2 and chunks[0].offset == 0
+    streamed = np.concatenate([c.audio for c in chunks], axis=1)
+    np.testing.assert_array_equal(streamed, song.audio.numpy())  # streamed blocks are the song
+
+    longer = tiny_engine.submit(JobRequest(kind="extend", lyrics="[chorus]\nla la la", seconds=4.0, steps=2, seed=4),
+                                song=song).wait(120)
+    splice = round(longer.settings["edits"][-1]["splice"] * 48000)
+    assert longer.audio.shape[1] > song.audio.shape[1]
+    torch.testing.assert_close(longer.audio[:, :splice], song.audio[:, :splice], rtol=0, atol=0)
+
+    def cancel_on_first_block(e: JobEvent) -> None:
+        if e.type == "progress" and e.stage == "sample":
+            tiny_engine.cancel(e.job_id)
+
+    job = tiny_engine.submit(JobRequest(kind="generate", lyrics="[verse]\nlong one", duration=60.0, steps=2),
+                             on_event=cancel_on_first_block)
+    with pytest.raises(JobCancelled):
+        job.wait(120)
+    assert job.result is None
+
+
+def test_song_wire_format_is_lossless_and_safe(tiny_engine):
+    song = tiny_engine.submit(JobRequest(kind="generate", lyrics="[verse]\nround trip", duration=2.0, steps=2, seed=5)).wait(120)
+    back = song_from_bytes(song_to_bytes(song))
+    torch.testing.assert_close(back.audio, song.audio, rtol=0, atol=0)
+    torch.testing.assert_close(back.latents, song.latents, rtol=0, atol=0)
+    assert back.seed == song.seed and back.lyrics == song.lyrics
+
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("song.wav", b"RIFF")
+        zf.writestr("../../escape.txt", b"x")
+    with pytest.raises(JobError, match="plain file name"):
+        song_from_bytes(evil.getvalue())
+    with pytest.raises(JobError, match="not a song archive"):
+        song_from_bytes(b"not a zip")
+
+
+def test_consume_events_replays_a_stream(tiny_engine):
+    song = tiny_engine.submit(JobRequest(kind="generate", lyrics="[verse]\nwire", duration=2.0, steps=2, seed=6)).wait(120)
+    job = Job("j", JobRequest(kind="generate", lyrics="x", duration=1.0))
+    events, on_event = _recorder()
+    job.add_listener(on_event)
+    chunk = np.arange(6, dtype=np.float32).reshape(1, 6)
+    stream = [
+        {"type": "accepted"},
+        encode_event(JobEvent("j", "progress", 0.5, "sample")),
+        encode_event(JobEvent("j", "audio", audio=chunk, offset=0)),
+        {"type": "heartbeat"},
+        {"type": "result", "song": base64.b64encode(song_to_bytes(song)).decode()},
+    ]
+    out = consume_events(stream, JobContext(job))
+    torch.testing.assert_close(out.audio, song.audio)
+    assert [e.type for e in events] == ["progress", "audio"]
+    np.testing.assert_array_equal(events[1].audio, chunk)
+    with pytest.raises(JobError, match="out of memory"):
+        consume_events([{"type": "error", "message": "out of memory"}], JobContext(job))
+    with pytest.raises(JobError, match="before sending a result"):
+        consume_events([{"type": "progress", "fraction": 0.1}], JobContext(job))
