@@ -1,0 +1,217 @@
+"""DAW project folders: where takes go, atomic take folders, and the ``dr2studio.json`` manifest.
+
+Layouts (``<take>`` is one rendered song, holding one WAV per stem):
+
+- ``ableton``: ``DIR/Samples/Imported/dr2/<take>/`` (where Live keeps imported samples);
+- ``reaper``: ``<media>/dr2/<take>/``, where ``<media>`` is the project's media folder read from the
+  ``RECORD_PATH`` line of the ``.rpp`` in DIR (an empty path means DIR itself), else ``DIR/Media``;
+- ``generic``: ``DIR/dr2/<take>/``.
+
+Nothing is written outside DIR. A take is rendered into a hidden staging folder and renamed into
+place, then the manifest is rewritten through a temporary file under an exclusive lock, so a DAW or a
+second dr2studio process never sees a half-written take or manifest.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dr2studio.audio.io import write_audio
+from dr2studio.config import atomic_write_text
+
+try:  # POSIX only; elsewhere the manifest update is atomic but not serialised
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["DAWS", "MANIFEST_NAME", "ProjectError", "ProjectLayout", "project_layout", "read_manifest", "write_take"]
+
+log = logging.getLogger(__name__)
+
+DAWS = ("ableton", "reaper", "generic")
+MANIFEST_NAME = "dr2studio.json"
+_MANIFEST_FORMAT = "dr2studio-manifest"
+_MANIFEST_VERSION = 1
+_RECORD_PATH = re.compile(r'^\s*RECORD_PATH\s+(?:"([^"]*)"|(\S+))', re.MULTILINE)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class ProjectError(ValueError):
+    """The project folder is unusable (a file, unreadable manifest, unknown DAW)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectLayout:
+    """Where one DAW project keeps dr2studio takes."""
+
+    root: Path
+    daw: str
+    takes_dir: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the project root, with forward slashes (portable in the manifest)."""
+        return path.relative_to(self.root).as_posix()
+
+
+def _reaper_media(root: Path) -> Path:
+    projects = sorted(root.glob("*.rpp")) + sorted(root.glob("*.RPP"))
+    for rpp in projects:
+        try:
+            text = rpp.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        match = _RECORD_PATH.search(text)
+        if match is None:
+            continue
+        value = match.group(1) if match.group(1) is not None else match.group(2)
+        if not value:
+            return root
+        media = (root / value).resolve()
+        if media == root or root in media.parents:
+            return media
+        log.warning("%s records media outside the project (%s); using %s/Media instead", rpp.name, value, root)
+        break
+    return root / "Media"
+
+
+def project_layout(project: str | os.PathLike, daw: str = "generic") -> ProjectLayout:
+    """Resolve the take folder for ``daw`` inside ``project`` (which must not be a file).
+
+    Only checks; creates nothing (``write_take`` creates folders when it writes).
+    """
+    if daw not in DAWS:
+        raise ProjectError(f"unknown DAW {daw!r} (choose one of {', '.join(DAWS)})")
+    root = Path(project).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ProjectError(f"project path {root} is a file, not a folder")
+    if not root.exists() and not root.parent.is_dir():
+        raise ProjectError(f"project folder {root} cannot be created: {root.parent} does not exist")
+    root = root.resolve()
+    if daw == "ableton":
+        takes = root / "Samples" / "Imported" / "dr2"
+    elif daw == "reaper":
+        takes = _reaper_media(root) / "dr2" if root.is_dir() else root / "Media" / "dr2"
+    else:
+        takes = root / "dr2"
+    layout = ProjectLayout(root=root, daw=daw, takes_dir=takes)
+    read_manifest(layout)  # an unreadable manifest is an error before anything is written
+    return layout
+
+
+def _empty_manifest(daw: str) -> dict[str, Any]:
+    return {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION, "daw": daw, "takes": []}
+
+
+def read_manifest(layout: ProjectLayout) -> dict[str, Any]:
+    """The project's manifest (an empty one when the file does not exist yet)."""
+    path = layout.manifest_path
+    if not path.exists():
+        return _empty_manifest(layout.daw)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProjectError(f"cannot read manifest {path}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("takes"), list):
+        raise ProjectError(f"manifest {path} is not a dr2studio manifest (no 'takes' list)")
+    return data
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _take_name(layout: ProjectLayout, wanted: str) -> str:
+    base = _SAFE_NAME.sub("_", wanted).strip("._") or "take"
+    name, n = base, 1
+    while (layout.takes_dir / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _jsonable(value: Any) -> Any:
+    """Manifest values: tensors and paths become plain JSON."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not (value == value and abs(value) != float("inf")):
+        return None  # NaN / inf are not JSON
+    return value
+
+
+def write_take(
+    layout: ProjectLayout,
+    take: str,
+    stems: Mapping[str, tuple[torch.Tensor, int]],
+    info: Mapping[str, Any],
+    *,
+    subtype: str = "PCM_24",
+) -> dict[str, Any]:
+    """Write ``{stem: (audio [C, N], rate)}`` as ``<takes_dir>/<take>/<stem>.wav`` and record the take.
+
+    ``info`` (position, lyrics, seed, settings, ...) is stored in the manifest entry, which is returned.
+    A take name already in use gets a ``-2``, ``-3`` ... suffix.
+    """
+    if not stems:
+        raise ValueError("a take needs at least one stem")
+    layout.root.mkdir(exist_ok=True)
+    with _locked(layout.root):
+        manifest = read_manifest(layout)
+        layout.takes_dir.mkdir(parents=True, exist_ok=True)
+        name = _take_name(layout, take)
+        staging = layout.takes_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            for stem, (audio, rate) in stems.items():
+                write_audio(staging / f"{stem}.wav", audio, rate, subtype=subtype)
+            final = layout.takes_dir / name
+            os.replace(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        entry = {
+            "take": name,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **_jsonable(dict(info)),
+            "files": {stem: layout.relative(final / f"{stem}.wav") for stem in stems},
+        }
+        manifest.setdefault("takes", []).append(entry)
+        manifest["daw"] = layout.daw
+        try:
+            atomic_write_text(layout.manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)  # no take without its manifest entry
+            raise
+    log.info("wrote take %s (%d stems) to %s", name, len(stems), final)
+    return entry
