@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from functools import lru_cache
 from typing import Any
+
+from dr2studio.lyrics._text import PUNCT, PUNCT_SPACE_RE, ascii_punct, finish_phones
 
 __all__ = [
     "EspeakMissingError",
@@ -24,7 +27,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_PUNCT = ",.?!;:'…"
 _REFERENCE_ESPEAK = "1.51"
 
 _ABBREVIATIONS = [
@@ -48,13 +50,8 @@ _ORDINAL_RE = re.compile(r"[0-9]+(st|nd|rd|th)")
 _NUMBER_RE = re.compile(r"[0-9]+")
 
 # Text clean-up of the phonemizer front end.
-_CJK_PUNCT = [("，", ","), ("。", "."), ("！", "!"), ("？", "?"), ("；", ";"), ("：", ":"), ("、", ","),
-              ("‘", "'"), ("’", "'"), ("⋯", "…"), ("···", "…"), ("・・・", "…"), ("...", "…")]
 _DROP_RE = re.compile(r"[^\w\s_,.?!;:'…]")
-_PUNCT_SPACE_RE = re.compile(r"\s*([,.?!;:'…])\s*")
 _SPACES_RE = re.compile(r"\s+")
-_WRAP_PUNCT_RE = re.compile(r"([,.?!;:'…])")
-_BARS_RE = re.compile(r"\|+")
 
 # A trailing word separator is added when the phone string ends in one of these characters.
 _TRAILING_SEP_CHARS = set("p⁼ʰmftnlkxʃs`ɹaoəɛɪeɑʊŋiuɥwæjː")
@@ -72,9 +69,32 @@ class EspeakMissingError(RuntimeError):
 
 @lru_cache(maxsize=1)
 def _inflect() -> Any:
+    """inflect's engine, imported without typeguard's run-time instrumentation.
+
+    inflect decorates its functions with ``typeguard.typechecked``, which re-compiles them at import and
+    makes ``import inflect`` take seconds. The checks only guard argument types, which are always right
+    here, so the decorator is swapped for the identity while inflect is first imported.
+    """
+    if "inflect" not in sys.modules:
+        try:
+            import typeguard
+        except ImportError:
+            typeguard = None
+        original = getattr(typeguard, "typechecked", None)
+        if typeguard is not None:
+            typeguard.typechecked = _no_typecheck
+        try:
+            import inflect
+        finally:
+            if typeguard is not None:
+                typeguard.typechecked = original
     import inflect
 
     return inflect.engine()
+
+
+def _no_typecheck(target: Any = None, **_: Any) -> Any:
+    return target if target is not None else (lambda f: f)
 
 
 def _words(n: int | str, **kw: Any) -> str:
@@ -136,11 +156,8 @@ def normalize_english(text: str) -> str:
 
 
 def _clean_for_espeak(text: str) -> str:
-    text = text.strip()
-    for src, dst in _CJK_PUNCT:
-        text = text.replace(src, dst)
-    text = _DROP_RE.sub("", text)
-    text = _PUNCT_SPACE_RE.sub(r"\1", text)
+    text = _DROP_RE.sub("", ascii_punct(text.strip()))
+    text = PUNCT_SPACE_RE.sub(r"\1", text)
     return _SPACES_RE.sub(" ", text)
 
 
@@ -172,7 +189,7 @@ class _Espeak:
         try:
             self.backend = EspeakBackend(
                 "en-us",
-                punctuation_marks=_PUNCT,
+                punctuation_marks=PUNCT,
                 preserve_punctuation=True,
                 with_stress=False,
                 tie=False,
@@ -231,8 +248,7 @@ def english_to_phones(text: str) -> str:
     if not cleaned:
         return ""
     phones = _espeak()(cleaned)
-    phones = _WRAP_PUNCT_RE.sub(r"|\1|", phones)
-    phones = _BARS_RE.sub("|", phones).rstrip("|")
+    phones = finish_phones(phones)
     if not phones:
         return ""
     if phones[-1] in _TRAILING_SEP_CHARS:

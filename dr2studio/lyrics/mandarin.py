@@ -17,6 +17,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Protocol
 
+from dr2studio.lyrics._text import PUNCT_SPACE_RE, ascii_punct, finish_phones
 from dr2studio.lyrics.mandarin_assets import MandarinAssets
 
 __all__ = ["AssetReader", "MandarinG2P", "PypinyinReader", "bopomofo_to_ipa", "normalize_mandarin"]
@@ -29,12 +30,9 @@ _NUMERALS = set("零一二三四五六七八九十")
 _YI_STOP = set("：，；。？！“”‘’':,;.?!()（）{}【】[]-~`、 ")
 _NO_NEUTRAL_ER = {"女儿", "老儿", "男儿", "少儿", "小儿"}
 
-_CJK_PUNCT = [("，", ","), ("。", "."), ("！", "!"), ("？", "?"), ("；", ";"), ("：", ":"), ("、", ","),
-              ("‘", "'"), ("’", "'"), ("⋯", "…"), ("···", "…"), ("・・・", "…"), ("...", "…")]
 _SPACE_RE = re.compile(r"\s")
 _SPACES_RE = re.compile(r"\s+")
 _KEEP_RE = re.compile(r"[^\u4e00-\u9fff\s_,.?!;:'…]")
-_PUNCT_SPACE_RE = re.compile(r"\s*([,.?!;:'…])\s*")
 _HAS_CJK_RE = re.compile(r"[\u4e00-\u9fff]")
 _BPMF_END_RE = re.compile(r"([\u3105-\u3129])$")
 
@@ -56,8 +54,6 @@ _BOPOMOFO_TO_IPA = [
 _RETROFLEX_RE = re.compile(r"([sɹ]`[⁼ʰ]?)([→↓↑ ]+|$)")
 _DENTAL_RE = re.compile(r"([s][⁼ʰ]?)([→↓↑ ]+|$)")
 _JUNK_RE = re.compile(r"^\||[^\w\s_,.?!;:'…|→↓↑⁼ʰ`]")
-_WRAP_PUNCT_RE = re.compile(r"([,.?!;:'…])")
-_BARS_RE = re.compile(r"\|+")
 
 
 class WordReader(Protocol):
@@ -72,12 +68,8 @@ def normalize_mandarin(text: str) -> str:
     Spaces survive as ``_`` (one ``_`` per whitespace character), as in the released front end.
     """
     text = _SPACE_RE.sub("_", text).strip()
-    text = _an2cn(text)
-    for src, dst in _CJK_PUNCT:
-        text = text.replace(src, dst)
-    text = _SPACES_RE.sub("", text)
-    text = _KEEP_RE.sub("", text)
-    return _PUNCT_SPACE_RE.sub(r"\1", text)
+    text = _SPACES_RE.sub("", ascii_punct(_an2cn(text)))
+    return PUNCT_SPACE_RE.sub(r"\1", _KEEP_RE.sub("", text))
 
 
 def _an2cn(text: str) -> str:
@@ -203,9 +195,7 @@ def bopomofo_to_ipa(text: str) -> str:
         text = text.replace(src, dst)
     text = _RETROFLEX_RE.sub(r"\1ɹ\2", text)
     text = _DENTAL_RE.sub(r"\1ɹ\2", text)
-    text = _JUNK_RE.sub("", text)
-    text = _WRAP_PUNCT_RE.sub(r"|\1|", text)
-    return _BARS_RE.sub("|", text).rstrip("|")
+    return finish_phones(_JUNK_RE.sub("", text))
 
 
 class AssetReader:
@@ -250,6 +240,13 @@ def _pypinyin_bopomofo(word: str) -> list[str]:
     return lazy_pinyin(word, style=Style.BOPOMOFO)
 
 
+# Where pypinyin's dictionary differs from the released lexicon on words common in lyrics.
+_COLLOQUIAL = {"谁": "ㄕㄟˊ"}
+_NEUTRAL_SECOND = frozenset(
+    "妈妈 爸爸 哥哥 姐姐 弟弟 妹妹 奶奶 爷爷 姥姥 叔叔 舅舅 婶婶 宝宝 星星 娃娃 太太 谢谢 娘娘 公公 婆婆".split()
+)
+
+
 class PypinyinReader:
     """Bopomofo from pypinyin's phrase dictionary: the fallback when the released assets are absent."""
 
@@ -258,7 +255,11 @@ class PypinyinReader:
             return list(word)
         from pypinyin import Style, lazy_pinyin
 
-        return lazy_pinyin(word, style=Style.BOPOMOFO, errors=lambda s: list(s))
+        items = lazy_pinyin(word, style=Style.BOPOMOFO, errors=lambda s: list(s))
+        items = [_COLLOQUIAL.get(c, b) for c, b in zip(word, items)] if len(items) == len(word) else items
+        if word in _NEUTRAL_SECOND and len(items) == 2:
+            items[1] = _set_tone(items[1], "˙")
+        return items
 
 
 class MandarinG2P:

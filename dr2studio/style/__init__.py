@@ -92,7 +92,10 @@ def style_embedding(
     looks_like_path = " " not in text.strip() and suffix in _VECTOR_SUFFIXES + _AUDIO_SUFFIXES
     if suffix in _VECTOR_SUFFIXES and looks_like_path:
         return load_style_embedding(path)
-    is_audio = path.is_file()
+    try:
+        is_audio = path.is_file()
+    except (OSError, ValueError):  # a long text prompt is not a valid file name
+        is_audio = False
     if looks_like_path and not is_audio:
         raise StyleError(f"style audio file not found: {path}")
     if encoder is None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dr2studio.style.embedding import STYLE_DIM, StyleError, check_style_embedding
+from dr2studio.style.embedding import StyleError, check_style_embedding
 
 __all__ = [
     "DEFAULT_MUQ",
