@@ -217,6 +217,8 @@ def plan_song(seed: int, duration: float, genres: tuple[str, ...] = tuple(GENRES
     n_full = int(duration // bar + 1e-9)
     layout = _layout(rng, n_full)
     partial = duration - n_full * bar > 0.1 * bar  # a final partial bar: let the tonic ring out
+    if partial and layout[-1][0] != "outro":
+        layout.append(("outro", 0))  # the ringing tonic is an outro of its own
     sections: list[SongSection] = []
     t = 0.0
     for i, (kind, n_bars) in enumerate(layout):

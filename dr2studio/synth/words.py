@@ -118,6 +118,7 @@ def make_line(rng: np.random.Generator, min_syllables: int = 3, max_syllables: i
             words.append(text)
             syllables.extend(syl)
         if min_syllables <= len(syllables) <= max_syllables:
+            words = [("an" if w == "a" and nxt[0] in "aeiou" else w) for w, nxt in zip(words, words[1:] + ["x"])]
             line = " ".join(words)
             return LyricLine(line[0].upper() + line[1:], tuple(syllables))
     raise RuntimeError(f"no template gives {min_syllables}..{max_syllables} syllables")
