@@ -98,6 +98,7 @@ def test_english_spec_vectors(exact, espeak):
         "I can't stop loving you": [21, 5, 32, 19, 46, 362, 30, 6, 5, 38, 30, 13, 28, 5, 51, 17, 35, 7, 47, 5, 48, 14],
         "Rhythm of the night": [50, 7, 37, 58, 45, 5, 17, 35, 37, 58, 5, 46, 21, 30],
         "Oh, oh, oh...": [24, 1, 24, 1, 24, 363],
+        "Don't you know?": [31, 13, 46, 362, 30, 6, 5, 48, 14, 5, 46, 24, 3],
         "Mr. Brown's 3rd car": [45, 7, 38, 30, 9, 2, 29, 50, 23, 46, 362, 18, 38, 5, 36, 8, 31, 5, 32, 16],
     }
     for text, ids in vectors.items():
@@ -248,3 +249,16 @@ def test_lyrics_command(g2p_ref_dir, tmp_path, espeak):
     song.write_text("[verse]\n[pre-chorus]\n", encoding="utf-8")
     bad = runner.invoke(main, ["lyrics", str(song), "--model", str(model)])
     assert bad.exit_code == 1 and "song.lrc:2: unknown bracketed tag" in bad.output
+
+
+def test_asset_folder_resolution(g2p_ref_dir, tmp_path, monkeypatch):
+    from dr2studio.lyrics import resolve_g2p_assets
+
+    monkeypatch.delenv("DR2STUDIO_G2P_ASSETS", raising=False)
+    assert resolve_g2p_assets(None, tmp_path) is None
+    (tmp_path / "g2p").mkdir()
+    assert resolve_g2p_assets(None, tmp_path) == tmp_path / "g2p"
+    assert resolve_g2p_assets(g2p_ref_dir / "assets", tmp_path) == g2p_ref_dir / "assets"
+    monkeypatch.setenv("DR2STUDIO_G2P_ASSETS", str(tmp_path / "gone"))
+    with pytest.raises(G2PAssetsError, match=r"\$DR2STUDIO_G2P_ASSETS folder not found"):
+        resolve_g2p_assets(None, None)

@@ -30,6 +30,7 @@ __all__ = [
     "LyricsG2P",
     "encode_lyrics",
     "lyrics_phonemes",
+    "main_language",
     "resolve_g2p_assets",
     "segment_line",
 ]
@@ -99,17 +100,17 @@ class EncodedLine:
 
 def resolve_g2p_assets(g2p_assets: str | os.PathLike | None, model_dir: str | os.PathLike | None = None) -> Path | None:
     """The Mandarin asset folder to use: the one given, else ``<model_dir>/g2p``, else ``$DR2STUDIO_G2P_ASSETS``."""
-    if g2p_assets is not None:
-        path = Path(g2p_assets).expanduser()
-        if not path.is_dir():
-            raise G2PAssetsError(f"--g2p-assets folder not found: {path}")
-        return path
-    if model_dir is not None and (Path(model_dir) / "g2p").is_dir():
+    given, what = g2p_assets, "--g2p-assets"
+    if given is None and model_dir is not None and (Path(model_dir) / "g2p").is_dir():
         return Path(model_dir) / "g2p"
-    env = os.environ.get(G2P_ASSETS_ENV)
-    if env:
-        return resolve_g2p_assets(env)
-    return None
+    if given is None and os.environ.get(G2P_ASSETS_ENV):
+        given, what = os.environ[G2P_ASSETS_ENV], f"${G2P_ASSETS_ENV}"
+    if given is None:
+        return None
+    path = Path(given).expanduser()
+    if not path.is_dir():
+        raise G2PAssetsError(f"{what} folder not found: {path}")
+    return path
 
 
 _FALLBACK_WARNED = False
@@ -191,9 +192,12 @@ class LyricsG2P:
                 out.append(EncodedLine(section, section.tag, True, (section.tag, "[stop]"), (TAG_IDS[section.kind], STOP_ID)))
             for text in section.lines:
                 lp = self.line(text, language)
-                if not lp.ids:
+                if not lp.ids and all(kind == "other" for _, kind in lp.segments):
+                    # the reference crashes on these (no letter at all); leave the line out
                     log.warning("%s: nothing to sing in lyric line %r; it is left out", doc.source or "lyrics", text)
                     continue
+                if not lp.ids:  # e.g. a lone 不: the reference keeps the bare [stop]
+                    log.warning("%s: lyric line %r has no phones in the table; only [stop] is kept", doc.source or "lyrics", text)
                 out.append(EncodedLine(section, text, False, lp.phones + ("[stop]",), lp.ids + (STOP_ID,), lp.dropped))
         return out
 
