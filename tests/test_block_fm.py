@@ -83,3 +83,17 @@ def test_loss_decreases_with_training_and_uses_repa() -> None:
         losses.append(out.fm_loss.item())
         assert out.repa_loss.item() > 0
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+
+
+def test_activation_checkpointing_gives_identical_gradients() -> None:
+    torch.manual_seed(0)
+    model = DiT(CFG)
+    fm = BlockFlowMatching(model, BlockFMConfig(both_dropout=0.0, lyrics_dropout=0.0, style_dropout=0.0))
+    args = (torch.randn(1, 9, CFG.mel_dim), torch.tensor([9]), torch.randint(1, 500, (1, 4)), torch.tensor([4]), torch.randn(1, 512))
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing = ckpt
+        fm(*args, generator=torch.Generator().manual_seed(1)).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
