@@ -130,6 +130,9 @@ class PolyphoneModel:
         return label[label.index("{") + 1:label.rindex("}")]
 
 
+_POLY_LOCK = threading.Lock()
+
+
 @dataclass
 class MandarinAssets:
     """The released Mandarin data, read from one folder."""
@@ -143,7 +146,11 @@ class MandarinAssets:
 
     @property
     def polyphone(self) -> PolyphoneModel:
-        """The ONNX classifier, started on first use."""
+        """The ONNX classifier, started on first use (once, even when several threads ask)."""
+        with _POLY_LOCK:
+            return self._polyphone()
+
+    def _polyphone(self) -> PolyphoneModel:
         if self._poly is None:
             bert_vocab = {
                 tok: i for i, tok in enumerate(self.files["bert_vocab"].read_text(encoding="utf-8").split("\n"))
