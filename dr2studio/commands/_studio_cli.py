@@ -1,0 +1,300 @@
+"""Options and plumbing shared by ``generate``, ``extend``, ``infill`` and ``stems``.
+
+Every command validates its inputs before loading a model or writing a file, turns user errors into a
+one-line ``click.ClickException`` (exit code 1), shows a tqdm bar on stderr, prints results on stdout
+(``--json`` for a machine-readable object) and writes its output through a temporary name.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = [
+    "DEMO_MODEL",
+    "user_errors",
+    "model_options",
+    "style_options",
+    "sampling_options",
+    "output_option",
+    "load_studio",
+    "check_lyrics_file",
+    "check_output",
+    "check_input_audio",
+    "style_from_options",
+    "progress_bar",
+    "emit",
+    "song_result",
+    "prepare_edit",
+    "announce_encoding",
+    "render_and_save",
+]
+
+#: The demo model shipped inside the package (built by the training team); used when no --model is given.
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo"
+_AUDIO_OUT = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from dr2studio.audio.stems import SeparationError
+    from dr2studio.lyrics import EspeakMissingError
+
+    # ValueError covers ConfigError, AudioError, StudioError, LyricsError, StyleError, ProjectError
+    return (ValueError, OSError, SeparationError, EspeakMissingError)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command body, turning user-facing errors into one-line ``ClickException``\\ s."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except _user_error_types() as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise click.ClickException(message) from exc
+
+    return wrapper
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model`` (env ``DR2STUDIO_MODEL``), ``--device``, ``--dtype``, ``--g2p-assets``."""
+    fn = click.option("--g2p-assets", type=click.Path(file_okay=False, path_type=Path),
+                      help="Folder with the released Mandarin G2P data (default: MODEL/g2p, else pypinyin).")(fn)
+    fn = click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+                      help="Weights dtype (default: float32 on CPU, bf16/fp16 on GPU).")(fn)
+    fn = click.option("--device", metavar="DEV", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA if present).")(fn)
+    fn = click.option("--model", "model", metavar="DIR|REPO", envvar="DR2STUDIO_MODEL",
+                      help="Model directory or hub repo id (env DR2STUDIO_MODEL; default: the shipped demo model).")(fn)
+    return fn
+
+
+def style_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--style TEXT | --style-audio FILE | --style-embedding FILE`` (see :func:`style_from_options`)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--style-embedding", type=click.Path(path_type=Path), metavar="FILE",
+                          help="Precomputed 512-d style vector (.npy or .safetensors).")(fn)
+        fn = click.option("--style-audio", type=click.Path(path_type=Path), metavar="FILE",
+                          help="Reference recording whose style to follow (needs MuQ-MuLan or a model style encoder).")(fn)
+        fn = click.option("--style", "style_text", metavar="TEXT",
+                          help="Style prompt, e.g. 'dreamy synth pop, female vocals' (needs MuQ-MuLan or a model style encoder).")(fn)
+        return fn
+
+    return deco
+
+
+def style_from_options(style_text: str | None, style_audio: Path | None, style_embedding: Path | None,
+                       *, required: bool) -> Any:
+    """The one style source given (a str prompt or a Path), validated before any model is loaded."""
+    given = [(n, v) for n, v in (("--style", style_text), ("--style-audio", style_audio),
+                                 ("--style-embedding", style_embedding)) if v is not None]
+    if len(given) > 1:
+        raise click.UsageError(f"give only one of --style, --style-audio, --style-embedding (got {', '.join(n for n, _ in given)})")
+    if not given:
+        if required:
+            raise click.UsageError("give a style: --style TEXT, --style-audio FILE or --style-embedding FILE")
+        return None
+    name, value = given[0]
+    if name == "--style":
+        if not str(value).strip():
+            raise click.ClickException("--style prompt is empty")
+        return str(value)
+    path = Path(value)
+    if not path.is_file():
+        raise click.ClickException(f"{name} file not found: {path}")
+    if name == "--style-embedding":
+        from dr2studio.style.embedding import load_style_embedding
+
+        load_style_embedding(path)  # validate now: shape and values
+    return path
+
+
+def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--steps``, ``--cfg``, ``--seed``."""
+    fn = click.option("--seed", type=click.IntRange(min=0), help="Random seed (default: random, printed in the results).")(fn)
+    fn = click.option("--cfg", "cfg_strength", type=click.FloatRange(0.0, 20.0), default=2.0, show_default=True,
+                      help="Classifier-free guidance strength (0 disables it).")(fn)
+    fn = click.option("--steps", type=click.IntRange(2, 1000), default=32, show_default=True,
+                      help="Time-grid points per block (steps-1 Euler steps).")(fn)
+    return fn
+
+
+def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print a JSON object with the results on stdout.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar or status lines on stderr.")(fn)
+    fn = click.option("-o", "--output", required=True, type=click.Path(path_type=Path), metavar="FILE",
+                      help="Output audio file (.wav recommended; the .dr2.safetensors sidecar is written beside it).")(fn)
+    return fn
+
+
+def check_output(path: Path) -> Path:
+    """The output's folder must exist, the name must not be a folder, the extension must be audio."""
+    if path.is_dir():
+        raise click.ClickException(f"output {path} is a folder; give a file name such as {path / 'song.wav'}")
+    if path.suffix.lower() not in _AUDIO_OUT:
+        raise click.ClickException(f"output {path} must end in one of {', '.join(_AUDIO_OUT)}")
+    if not path.parent.resolve().is_dir():
+        raise click.ClickException(f"output folder {path.parent} does not exist")
+    return path
+
+
+def check_input_audio(path: Path) -> Path:
+    """An existing, readable audio file (header only; samples are read later)."""
+    from dr2studio.audio.io import audio_info
+
+    if path.is_dir():
+        raise click.ClickException(f"{path} is a folder, not an audio file")
+    audio_info(path)
+    return path
+
+
+def check_lyrics_file(path: Path) -> Path:
+    """An existing lyrics file with at least one line or tag (parsed now, tokenised after the model loads)."""
+    from dr2studio.lyrics import parse_lyrics_file
+
+    if not path.is_file():
+        raise click.ClickException(f"lyrics file not found: {path}")
+    doc = parse_lyrics_file(path)
+    if not any(s.lines or s.tag for s in doc.sections):
+        raise click.ClickException(f"lyrics file {path} is empty")
+    return path
+
+
+def _model_source(model: str | None) -> str:
+    if model:
+        return model
+    if (DEMO_MODEL / "model.json").is_file():
+        return str(DEMO_MODEL)
+    raise click.ClickException(
+        "no --model given and no demo model is installed: pass --model DIR (a model directory) or a hub repo id "
+        "such as ASLP-lab/DiffRhythm2, or set DR2STUDIO_MODEL"
+    )
+
+
+def load_studio(model: str | None, device: str | None, dtype: str | None, g2p_assets: Path | None,
+                quiet: bool = False) -> Any:
+    """Load the Studio and say on stderr which model is used."""
+    from dr2studio.studio import Studio
+
+    source = _model_source(model)
+    if not quiet:
+        demo = " (shipped demo model)" if model is None else ""
+        click.echo(f"dr2studio: loading model {source}{demo}", err=True)
+    studio = Studio.load(source, device=device, dtype=dtype, g2p_assets=g2p_assets)
+    if not quiet:
+        click.echo(f"dr2studio: model {studio.model_dir} [{studio.fingerprint}] on {studio.dit.device} "
+                   f"({str(studio.dit.dtype).replace('torch.', '')})", err=True)
+    return studio
+
+
+@contextlib.contextmanager
+def progress_bar(quiet: bool) -> Iterator[Callable[[int, int, str], None]]:
+    """A ``progress(done, total, stage)`` callback drawing a tqdm bar on stderr."""
+    if quiet:
+        yield lambda done, total, stage: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True)
+
+    def update(done: int, total: int, stage: str) -> None:
+        bar.total = max(int(total), 1)
+        bar.set_description(stage, refresh=False)
+        bar.n = min(int(done), bar.total)
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
+    """Results on stdout: the JSON object with ``--json``, else a one-line summary."""
+    if as_json:
+        click.echo(json.dumps(_clean(result), ensure_ascii=False, indent=1))
+    else:
+        click.echo(summary)
+
+
+def song_result(song: Any, output: Path, studio: Any, seconds: float) -> dict[str, Any]:
+    """The common part of the JSON result of generate / extend / infill."""
+    from dr2studio.song import sidecar_path
+
+    side = sidecar_path(output)
+    return {
+        "output": str(output.resolve()),
+        "sidecar": str(side.resolve()) if side.is_file() else None,
+        "duration": round(song.duration, 4),
+        "sample_rate": song.sample_rate,
+        "channels": song.channels,
+        "frames": None if song.latents is None else int(song.latents.shape[1]),
+        "seed": song.seed,
+        "model": studio.fingerprint,
+        "model_dir": str(studio.model_dir),
+        "elapsed": round(seconds, 3),
+    }
+
+
+def prepare_edit(song_path: Path, lyrics_path: Path, style_text: str | None, style_audio: Path | None,
+                 style_embedding: Path | None, output: Path) -> tuple[Any, Any]:
+    """Checks shared by extend and infill; returns ``(song, style or None)`` before any model loads."""
+    from dr2studio.song import Song
+
+    check_input_audio(song_path)
+    check_lyrics_file(lyrics_path)
+    style = style_from_options(style_text, style_audio, style_embedding, required=False)
+    check_output(output)
+    song = Song.load(song_path)
+    if not song.has_latents and style is None:
+        raise click.ClickException(
+            f"{song_path} has no sidecar with its style; give --style, --style-audio or --style-embedding"
+        )
+    return song, style
+
+
+def announce_encoding(song: Any, studio: Any, source: Path, quiet: bool) -> None:
+    """Say on stderr how a song without a sidecar becomes latents, and roughly how long that takes."""
+    if quiet or song.has_latents:
+        return
+    if (studio.model_dir / "encoder.json").is_file():
+        how = "the model's VAE encoder (a few seconds)"
+    else:
+        how = (f"decoder inversion (the model has no encoder; optimising latents for {song.duration:.0f} s "
+               "of audio can take minutes)")
+    click.echo(f"dr2studio: {source.name} has no matching sidecar; encoding it with {how}", err=True)
+
+
+def render_and_save(run: Callable[[Callable[[int, int, str], None]], Any], output: Path,
+                    quiet: bool) -> tuple[Any, float]:
+    """Run a studio call with a progress bar, save the song (audio + sidecar); returns it and the seconds taken."""
+    import time
+
+    started = time.perf_counter()
+    with progress_bar(quiet) as progress:
+        song = run(progress)
+    elapsed = time.perf_counter() - started
+    song.save(output)
+    return song, elapsed

@@ -1,0 +1,60 @@
+"""``dr2studio extend``: continue a song with new lyrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dr2studio.commands import _studio_cli as cli
+
+__all__ = ["extend"]
+
+_EXAMPLES = """
+\b
+Examples:
+  dr2studio extend song.wav --lyrics next.lrc --seconds 30 -o longer.wav
+  dr2studio extend song.wav --lyrics bridge.lrc --crossfade 0.1 --seed 3 -o longer.wav --json
+  dr2studio extend old_demo.wav --lyrics next.lrc --style-embedding pop.npy -o longer.wav   # no sidecar
+"""
+
+
+@click.command("extend", epilog=_EXAMPLES)
+@click.argument("song_path", metavar="SONG", type=click.Path(path_type=Path))
+@click.option("--lyrics", "lyrics_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Lyrics of the new part (the song's own lyrics come from its sidecar).")
+@click.option("--seconds", type=float, default=30.0, show_default=True, help="Most seconds to add.")
+@click.option("--crossfade", type=float, default=0.25, show_default=True,
+              help="Equal-power crossfade length in seconds, ending at the splice block boundary.")
+@cli.style_options()
+@cli.sampling_options
+@cli.model_options
+@cli.output_option
+@cli.user_errors
+def extend(song_path: Path, lyrics_path: Path, seconds: float, crossfade: float, style_text: str | None,
+           style_audio: Path | None, style_embedding: Path | None, steps: int, cfg_strength: float,
+           seed: int | None, model: str | None, device: str | None, dtype: str | None, g2p_assets: Path | None,
+           output: Path, quiet: bool, as_json: bool) -> None:
+    """Continue SONG with new lyrics; the audio before the splice point is kept sample for sample.
+
+    With a sidecar (SONG's .dr2.safetensors) the song continues from its exact latents and lyric
+    context; without one, the audio is encoded first (VAE encoder, else decoder inversion) and a
+    style must be given.
+    """
+    from dr2studio.studio import MAX_SECONDS
+
+    if not (0 < seconds <= MAX_SECONDS):
+        raise click.ClickException(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+    if not (0 <= crossfade <= 2):
+        raise click.ClickException(f"--crossfade must be in [0, 2] seconds, got {crossfade:g}")
+    song, style = cli.prepare_edit(song_path, lyrics_path, style_text, style_audio, style_embedding, output)
+    studio = cli.load_studio(model, device, dtype, g2p_assets, quiet)
+    cli.announce_encoding(song, studio, song_path, quiet)
+    longer, elapsed = cli.render_and_save(
+        lambda progress: studio.extend(song, lyrics_path, seconds, style=style, steps=steps, cfg_strength=cfg_strength,
+                                       seed=seed, crossfade=crossfade, progress=progress),
+        output, quiet)
+    edit = longer.settings["edits"][-1]
+    result = cli.song_result(longer, output, studio, elapsed)
+    result.update(input=str(song_path.resolve()), splice=edit["splice"], crossfade=edit["crossfade"],
+                  added_frames=edit["new_frames"], latents_from=edit["latents_from"], edit_seed=edit["seed"])
+    cli.emit(result, as_json, f"{output} ({longer.duration:.1f} s; new audio from {edit['splice']:.2f} s)")

@@ -1,0 +1,70 @@
+"""``dr2studio stems``: render a song (and optionally its separated sources) into a DAW project."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from dr2studio.commands._studio_cli import check_input_audio, emit, progress_bar, user_errors
+
+__all__ = ["stems"]
+
+_EXAMPLES = """
+\b
+Examples:
+  dr2studio stems song.wav --project ~/Music/MySong\\ Project --daw ableton
+  dr2studio stems song.wav --project ./reaper_proj --daw reaper --separate --preset balanced --sample-rate 44100
+  dr2studio stems song.wav --project ./out --preset ./my_preset.json --lufs -16 --position 32 --json
+\b
+Shipped presets: balanced (default), clean, broadcast, loud. Copy one from dr2studio/presets/ to edit it.
+Ableton takes go to DIR/Samples/Imported/dr2/<take>/, Reaper takes to the project's media folder
+(RECORD_PATH of the .rpp, else DIR/Media) under dr2/<take>/, generic takes to DIR/dr2/<take>/.
+DIR/dr2studio.json lists every take: files, timeline position, lyrics, seed and settings.
+"""
+
+
+@click.command("stems", epilog=_EXAMPLES)
+@click.argument("song_path", metavar="SONG", type=click.Path(path_type=Path))
+@click.option("--project", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="The DAW project folder (created if missing; must not be a file).")
+@click.option("--daw", type=click.Choice(["ableton", "reaper", "generic"]), default="generic", show_default=True)
+@click.option("--preset", default="balanced", show_default=True, metavar="NAME|FILE",
+              help="Effect preset: a shipped name or a .json file.")
+@click.option("--separate", is_flag=True, help="Also write vocals / drums / bass / other stems (Hybrid Demucs).")
+@click.option("--separator-weights", type=click.Path(path_type=Path), metavar="FILE",
+              help="Local copy of the Hybrid Demucs weights (hdemucs_high_trained.pt); default: torch hub cache/download.")
+@click.option("--sample-rate", type=click.IntRange(8000, 192000), metavar="HZ",
+              help="Project sample rate (default: the song's).")
+@click.option("--lufs", type=click.FloatRange(-60.0, 0.0), metavar="LUFS",
+              help="Loudness target per stem (default: the preset's, -14 for most).")
+@click.option("--position", type=click.FloatRange(min=0.0), default=0.0, show_default=True, metavar="SECONDS",
+              help="Where the take starts on the DAW timeline (recorded in the manifest).")
+@click.option("--take", metavar="NAME", help="Take folder name (default: the song's file name; -2, -3 ... when taken).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or status lines on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest entry of the new take as JSON on stdout.")
+@user_errors
+def stems(song_path: Path, project: Path, daw: str, preset: str, separate: bool, separator_weights: Path | None,
+          sample_rate: int | None, lufs: float | None, position: float, take: str | None, quiet: bool,
+          as_json: bool) -> None:
+    """Render SONG into the project folder DIR as 24-bit WAV stems and record the take in DIR/dr2studio.json."""
+    from dr2studio.audio.daw import project_layout
+    from dr2studio.audio.effects import load_preset
+    from dr2studio.audio.stems import export_stems, load_separator
+    from dr2studio.song import Song
+
+    check_input_audio(song_path)
+    layout = project_layout(project, daw)  # a file, or an unreadable manifest, fails here
+    chosen = load_preset(preset)
+    if separator_weights is not None and not separator_weights.is_file():
+        raise click.ClickException(f"--separator-weights file not found: {separator_weights}")
+    song = Song.load(song_path)
+    separator = load_separator(separator_weights) if separate else None
+    started = time.perf_counter()
+    with progress_bar(quiet) as progress:
+        entry = export_stems(song, layout.root, daw=daw, preset=chosen, separate=separate, sample_rate=sample_rate,
+                             loudness_lufs=lufs, position=position, take=take, separator=separator, progress=progress)
+    entry = dict(entry, project=str(layout.root), manifest=str(layout.manifest_path),
+                 elapsed=round(time.perf_counter() - started, 3))
+    files = ", ".join(entry["files"].values())
+    emit(entry, as_json, f"{layout.root}: take {entry['take']} ({files})")

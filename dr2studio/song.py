@@ -1,0 +1,187 @@
+"""A rendered song and the sidecar that lets it be continued exactly.
+
+``song.save("take.wav")`` writes the audio and ``take.dr2.safetensors`` beside it: the latents
+``[1, T, M]``, the lyric token context ``[N]``, the style embedding ``[512]`` and, as metadata, the
+lyrics text, seed, sampler settings, model fingerprint, sample rate and a SHA-256 of the audio file.
+``Song.load`` reads both; a sidecar whose hash does not match the audio (the file was edited or
+re-rendered since) is ignored with a warning, so ``extend`` falls back to encoding the audio instead
+of continuing from latents that no longer describe it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dr2studio.audio.io import AudioError, read_audio, write_audio
+
+__all__ = ["Song", "SidecarError", "SIDECAR_SUFFIX", "sidecar_path"]
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".dr2.safetensors"
+_SIDECAR_FORMAT = "dr2studio-song"
+_SIDECAR_VERSION = "1"
+
+
+class SidecarError(ValueError):
+    """A sidecar file exists but cannot be read."""
+
+
+def sidecar_path(audio_path: str | os.PathLike) -> Path:
+    """``song.wav`` -> ``song.dr2.safetensors`` (same folder)."""
+    path = Path(audio_path)
+    return path.with_name(path.stem + SIDECAR_SUFFIX)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class Song:
+    """Audio ``[C, N]`` float32 at ``sample_rate`` plus the state needed to continue it.
+
+    ``latents`` is ``[1, T, M]`` (None when only audio is known), ``tokens`` the ``[N]`` lyric ids the
+    sampler conditioned on, ``style`` the ``[512]`` embedding. ``settings`` holds the sampler settings,
+    stereo flag and the edit history (``settings["edits"]``).
+    """
+
+    audio: torch.Tensor
+    sample_rate: int
+    latents: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    lyrics: str = ""
+    style: torch.Tensor | None = None
+    seed: int | None = None
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: str | None = None
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.audio.dim() == 1:
+            self.audio = self.audio.unsqueeze(0)
+        if self.audio.dim() != 2:
+            raise ValueError(f"song audio must be [channels, samples], got shape {tuple(self.audio.shape)}")
+        if self.latents is not None and self.latents.dim() == 2:
+            self.latents = self.latents.unsqueeze(0)
+        if self.latents is not None and (self.latents.dim() != 3 or self.latents.shape[0] != 1):
+            raise ValueError(f"song latents must be [1, T, M], got shape {tuple(self.latents.shape)}")
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.audio.shape[1] / self.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.audio.shape[0]
+
+    @property
+    def has_latents(self) -> bool:
+        return self.latents is not None and self.latents.shape[1] > 0
+
+    # -- files ------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, subtype: str = "PCM_24") -> Path:
+        """Write the audio and (when latents are known) the sidecar, each atomically.
+
+        24-bit PCM round-trips exactly through :func:`read_audio`, so a song saved and loaded again
+        keeps every sample (``extend`` relies on this). A stale sidecar from an earlier take of the
+        same name is removed when this song has no latents.
+        """
+        path = Path(path)
+        side = sidecar_path(path)
+        if not self.has_latents:
+            write_audio(path, self.audio, self.sample_rate, subtype=subtype)
+            if side.exists():
+                side.unlink()
+            self.path = path
+            return path
+        tag = uuid.uuid4().hex[:8]
+        tmp_audio = path.with_name(f".{path.stem}.tmp-{tag}{path.suffix}")
+        tmp_side = side.with_name(f".{side.name}.tmp-{tag}")
+        try:
+            write_audio(tmp_audio, self.audio, self.sample_rate, subtype=subtype)
+            self._write_sidecar(tmp_side, _file_sha256(tmp_audio))
+            os.chmod(tmp_side, os.stat(tmp_audio).st_mode & 0o777)  # same permissions as the audio
+            os.replace(tmp_audio, path)
+            os.replace(tmp_side, side)
+        except OSError as exc:
+            raise AudioError(f"cannot write {path}: {exc}") from exc
+        finally:
+            for tmp in (tmp_audio, tmp_side):
+                if tmp.exists():
+                    tmp.unlink()
+        self.path = path
+        return path
+
+    def _write_sidecar(self, path: Path, audio_sha256: str) -> None:
+        assert self.latents is not None
+        tensors = {"latents": self.latents.detach().to("cpu", torch.float32).contiguous()}
+        if self.tokens is not None:
+            tensors["tokens"] = self.tokens.detach().to("cpu", torch.long).reshape(-1).contiguous()
+        if self.style is not None:
+            tensors["style"] = self.style.detach().to("cpu", torch.float32).reshape(-1).contiguous()
+        meta = {
+            "format": _SIDECAR_FORMAT,
+            "version": _SIDECAR_VERSION,
+            "lyrics": self.lyrics,
+            "seed": "" if self.seed is None else str(int(self.seed)),
+            "settings": json.dumps(self.settings, ensure_ascii=False, default=str),
+            "model": self.model or "",
+            "sample_rate": str(int(self.sample_rate)),
+            "audio_samples": str(self.audio.shape[1]),
+            "audio_channels": str(self.audio.shape[0]),
+            "audio_sha256": audio_sha256,
+        }
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Song":
+        """Read an audio file and its sidecar if there is a matching one (else the audio alone)."""
+        path = Path(path)
+        audio, rate = read_audio(path)
+        side = sidecar_path(path)
+        if not side.is_file():
+            return cls(audio=audio, sample_rate=rate, path=path)
+        try:
+            with safe_open(str(side), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise SidecarError(f"cannot read sidecar {side}: {exc}") from exc
+        if meta.get("format") != _SIDECAR_FORMAT or "latents" not in tensors:
+            raise SidecarError(f"{side} is not a dr2studio song sidecar")
+        if meta.get("audio_sha256") != _file_sha256(path):
+            log.warning("%s does not match %s (the audio changed since it was rendered); ignoring the sidecar", side.name, path.name)
+            return cls(audio=audio, sample_rate=rate, path=path)
+        seed = meta.get("seed", "")
+        try:
+            settings = json.loads(meta.get("settings") or "{}")
+        except json.JSONDecodeError as exc:
+            raise SidecarError(f"{side}: settings are not valid JSON: {exc}") from exc
+        return cls(
+            audio=audio,
+            sample_rate=rate,
+            latents=tensors["latents"],
+            tokens=tensors.get("tokens"),
+            lyrics=meta.get("lyrics", ""),
+            style=tensors.get("style"),
+            seed=int(seed) if seed else None,
+            settings=settings,
+            model=meta.get("model") or None,
+            path=path,
+        )
