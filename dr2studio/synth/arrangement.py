@@ -27,6 +27,7 @@ GENRES: dict[str, dict] = {
     "folk": {"tempo": (86, 112), "harmony": ("acoustic guitar",), "pad": False},
     "rock": {"tempo": (108, 144), "harmony": ("electric guitar",), "pad": False},
 }
+_DOMINANT_DEGREES = frozenset({4, 1})  # melody tones over the minor key's major V: root and fifth
 _BASE_ENERGY = {"intro": 0.45, "verse": 0.65, "chorus": 1.0, "bridge": 0.75, "outro": 0.5}
 _TEMPLATES = (  # (minimum full bars, section kinds, relative lengths)
     (16, ("intro", "verse", "chorus", "verse", "chorus", "bridge", "chorus", "outro"), (1, 2, 2, 2, 2, 2, 2, 1)),
@@ -178,7 +179,7 @@ def _melody_for_line(
             d = cands[0] if last or rng.random() < 0.7 else cands[min(1, len(cands) - 1)]
         else:
             d = int(np.clip(d + rng.choice((-2, -1, -1, 0, 1, 1, 2)), centre - 3, centre + 8))
-            if 6 in allowed and d % 7 == 6 and 4 not in allowed:  # pragma: no cover - defensive
+            if d % 7 == 6 and allowed == _DOMINANT_DEGREES:  # no flat seventh against the raised one
                 d += 1
         out.append((bar_start + s * eighth, ln * eighth, d))
     return out, d
@@ -188,7 +189,7 @@ def _melody_degrees(degree: int, mode: str) -> set[int]:
     """Scale degrees (mod 7) of the chord on ``degree``; the minor key's major V keeps root and fifth
     only, since its raised third is not in the natural-minor scale the melody walks on."""
     if degree == DOMINANT_MAJOR:
-        return {4, 1}
+        return set(_DOMINANT_DEGREES)
     return {degree % 7, (degree + 2) % 7, (degree + 4) % 7}
 
 
