@@ -65,8 +65,12 @@ def _perturb(module: torch.nn.Module, seed: int, scale: float = 0.02) -> None:
                 p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
-def build_tiny_model(path: str | os.PathLike, *, seed: int = 0) -> Path:
-    """Write a tiny random model directory at ``path`` (created if needed) and return it."""
+def build_tiny_model(path: str | os.PathLike, *, seed: int = 0, style_encoder: bool = False) -> Path:
+    """Write a tiny random model directory at ``path`` (created if needed) and return it.
+
+    ``style_encoder`` adds the MuQ-free tag style encoder (``style_encoder.json`` + weights), as our own
+    models ship, so text style prompts work without MuQ-MuLan.
+    """
     from dr2studio.checkpoints import save_dit
     from dr2studio.config import atomic_write_text
     from dr2studio.models.bigvgan import BigVGANDecoder, save_decoder
@@ -83,4 +87,8 @@ def build_tiny_model(path: str | os.PathLike, *, seed: int = 0) -> Path:
     save_decoder(decoder, path)
     vocab = {"vocab": {phone: i for i, phone in enumerate(TINY_PHONES)}}
     atomic_write_text(path / "vocab.json", json.dumps(vocab, ensure_ascii=False, indent=1) + "\n")
+    if style_encoder:
+        from dr2studio.style.tag_encoder import TagStyleConfig, TagStyleEncoder
+
+        TagStyleEncoder(TagStyleConfig(seed=seed)).save(path)
     return path

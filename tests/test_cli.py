@@ -237,3 +237,18 @@ def test_generate_with_reference_checkpoint(tiny_ref_dir: Path, work: Path) -> N
     assert json.loads(r.stdout)["channels"] == 2
     audio, sr = read_audio(out)
     assert sr == SR and audio.shape == (2, SR)
+
+
+def test_readme_main_job_with_demo_model(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's main-job command (no --model, a text style) on a demo model that has a tag style encoder."""
+    demo = build_tiny_model(tmp_path / "demo", style_encoder=True)
+    monkeypatch.delenv("DR2STUDIO_MODEL", raising=False)
+    monkeypatch.setattr("dr2studio.commands._studio_cli.DEMO_MODEL", demo)
+    lrc = Path(__file__).resolve().parents[1] / "examples" / "lyrics" / "demo.lrc"
+    if not lrc.is_file():
+        pytest.skip("examples/lyrics/demo.lrc is not in this checkout")
+    out = tmp_path / "song.wav"
+    r = run("generate", "--lyrics", lrc, "--style", "pop, 120 bpm, A minor, piano, drums", "--duration", "2",
+            *FAST, "-o", out)
+    assert "shipped demo model" in r.stderr and r.stdout.startswith(str(out))
+    assert read_audio(out)[0].shape == (1, 2 * SR)

@@ -187,3 +187,17 @@ def test_reference_tiny_checkpoint(tiny_ref_dir: Path, tmp_path: Path) -> None:
     assert longer.audio.shape == (1, 10 * 9600)
     splice = round(longer.settings["edits"][-1]["splice"] * 48000)
     assert torch.equal(longer.audio[:, :splice], Song.load(tmp_path / "r.wav").audio[:, :splice])
+
+
+def test_example_session_script_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "scripted_session.py"
+    model = build_tiny_model(tmp_path / "m", style_encoder=True)
+    monkeypatch.setattr(sys, "argv", [str(script), "--model", str(model), "--out", str(tmp_path / "s"),
+                                      "--seconds", "2", "--steps", "2"])
+    runpy.run_path(str(script), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "unchanged: True" in printed and "3 takes" in printed
+    assert (tmp_path / "s" / "fixed.dr2.safetensors").is_file()
