@@ -12,25 +12,9 @@ from dr2studio.config import ConfigError
 from dr2studio.models.bigvgan import BigVGANDecoder, DecoderConfig, load_decoder, save_decoder
 from dr2studio.vae.checkpoint_io import CheckpointError, read_state_dict
 from dr2studio.vae.chunking import plan_segments, stable_frames
+from vae_helpers import micro_config, micro_decoder, one_thread  # noqa: F401
 
-
-def micro_config(**kw) -> DecoderConfig:
-    """A decoder small enough to decode hundreds of frames in milliseconds (hop 8)."""
-    base = dict(upsample_rates=[4, 2], upsample_kernel_sizes=[8, 4], upsample_initial_channel=16,
-                resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], in_channels=8,
-                use_tanh_at_final=False, use_bias_at_final=False, sampling_rate=40)
-    base.update(kw)
-    return DecoderConfig(**base)
-
-
-def micro_decoder(seed: int = 0, **kw) -> BigVGANDecoder:
-    torch.manual_seed(seed)
-    dec = BigVGANDecoder(micro_config(**kw)).eval().requires_grad_(False)
-    with torch.no_grad():  # make the snake parameters non-trivial
-        for name, p in dec.named_parameters():
-            if name.endswith((".alpha", ".beta")):
-                p.normal_(0.0, 0.3)
-    return dec
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -25,11 +25,10 @@ from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.models.activations import Activation1d, make_activation
 from dr2studio.vae.checkpoint_io import (
     CheckpointError,
-    apply_weight_norm,
     fold_weight_norm,
     load_strict,
     read_state_dict,
-    remove_weight_norm,
+    VAEModule,
     save_safetensors,
 )
 from dr2studio.vae.chunking import Segment, check_schedule, plan_segments, stable_frames
@@ -181,7 +180,7 @@ class LatentTransformer(nn.Module):
         return x + self.proj_out(self.layers(h)).transpose(1, 2)
 
 
-class BigVGANDecoder(nn.Module):
+class BigVGANDecoder(VAEModule):
     """Latents -> waveform. State-dict keys are those of the released checkpoint (after weight-norm folding)."""
 
     def __init__(self, config: DecoderConfig) -> None:
@@ -212,20 +211,8 @@ class BigVGANDecoder(nn.Module):
         return self.config.sampling_rate
 
     @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
     def latent_dim(self) -> int:
         return self.config.in_channels
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_pre.bias.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_pre.bias.device
 
     # -- one generator pass -----------------------------------------------------------------------
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -336,14 +323,6 @@ class BigVGANDecoder(nn.Module):
         with torch.no_grad():
             audio = self._assemble(latents, segments, emitted, latents.shape[1], cache, max_batch)
         yield audio
-
-    # -- training helpers -----------------------------------------------------------------------------
-    def apply_weight_norm(self) -> "BigVGANDecoder":
-        """Weight-normalise every convolution (for training from folded or released weights)."""
-        return apply_weight_norm(self)
-
-    def remove_weight_norm(self) -> "BigVGANDecoder":
-        return remove_weight_norm(self)
 
 
 def _evict(cache: dict[tuple[int, int], torch.Tensor], segments: list[Segment], emitted: int) -> None:

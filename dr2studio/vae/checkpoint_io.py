@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from dr2studio.checkpoints import CheckpointError  # one error type for every model file
 
 __all__ = [
     "CheckpointError",
@@ -24,14 +26,11 @@ __all__ = [
     "save_safetensors",
     "apply_weight_norm",
     "remove_weight_norm",
+    "VAEModule",
 ]
 
 _LEGACY = (".weight_g", ".weight_v")
 _PARAM = (".parametrizations.weight.original0", ".parametrizations.weight.original1")
-
-
-class CheckpointError(ValueError):
-    """A weight file is missing, unreadable, or does not fit the model its config describes."""
 
 
 def _fold(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -156,3 +155,30 @@ def remove_weight_norm(model: nn.Module) -> nn.Module:
         if is_parametrized(module, "weight"):
             remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
+
+
+class VAEModule(nn.Module):
+    """Base of the encoder and decoder: device/dtype of the weights, hop, weight norm on and off."""
+
+    config: Any  # a config with a ``hop_length`` property
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per latent frame."""
+        return int(self.config.hop_length)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def apply_weight_norm(self):  # noqa: ANN201 - returns self for chaining
+        """Weight-normalise every convolution (for training; exact on the current weights)."""
+        return apply_weight_norm(self)
+
+    def remove_weight_norm(self):  # noqa: ANN201
+        """Fold weight norm back into plain weights."""
+        return remove_weight_norm(self)

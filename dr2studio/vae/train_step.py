@@ -1,0 +1,172 @@
+"""One single-process GAN training step of the music VAE (the Ray Train script wraps this).
+
+Sample rates: the encoder reads audio at its own rate (24 kHz for the paper's VAE), the decoder writes at
+its rate (48 kHz for the release). Both must have the same frame rate (``sr / hop``, 5 Hz). A batch is
+given once, at the decoder rate: the encoder input is resampled from it (torchaudio, Hann-windowed sinc)
+and both are cropped to whole latent frames, so the target is the original, un-resampled audio.
+Reconstruction losses and discriminators work at the decoder rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from dr2studio.config import ConfigError, JsonConfig
+from dr2studio.models.bigvgan import BigVGANDecoder
+from dr2studio.models.encoder import MusicEncoder, kl_divergence
+from dr2studio.vae.losses import (
+    MultiResolutionSTFTLoss,
+    MultiScaleMelLoss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
+
+__all__ = ["VAELossConfig", "VAETrainingStep", "prepare_batch"]
+
+
+@dataclasses.dataclass
+class VAELossConfig(JsonConfig):
+    """Loss weights and analysis sizes (at the decoder sample rate)."""
+
+    mel_weight: float = 15.0
+    stft_weight: float = 1.0
+    adversarial_weight: float = 1.0
+    feature_weight: float = 2.0
+    kl_weight: float = 1e-4  # only used when the encoder has kl=True
+    adversarial_start_step: int = 0  # reconstruction-only warm-up steps before the GAN terms start
+    grad_clip: float = 1000.0
+    mel_n_ffts: list[int] = dataclasses.field(default_factory=lambda: [512, 1024, 2048])
+    mel_n_mels: list[int] = dataclasses.field(default_factory=lambda: [40, 80, 160])
+    stft_resolutions: list[list[int]] = dataclasses.field(
+        default_factory=lambda: [[512, 128, 512], [1024, 256, 1024], [2048, 512, 2048]]
+    )
+
+    def validate(self) -> None:
+        if len(self.mel_n_ffts) != len(self.mel_n_mels):
+            raise ConfigError("mel_n_ffts and mel_n_mels need the same length")
+        if min(self.mel_weight, self.stft_weight, self.adversarial_weight, self.feature_weight, self.kl_weight) < 0:
+            raise ConfigError("loss weights must be >= 0")
+
+
+def prepare_batch(audio: torch.Tensor, sample_rate: int, encoder: MusicEncoder,
+                  decoder: BigVGANDecoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """``audio [B, 1, N]`` at ``sample_rate`` -> (encoder input ``[B, 1, T*enc_hop]``, target ``[B, 1, T*dec_hop]``).
+
+    The target is ``audio`` resampled to the decoder rate (a no-op when it already is), the encoder input
+    is resampled to the encoder rate; both are cropped to the same whole number of frames ``T``.
+    """
+    import torchaudio.functional as AF
+
+    if audio.dim() != 3 or audio.shape[1] != 1:
+        raise ValueError(f"audio must be mono [B, 1, N], got {list(audio.shape)}")
+    target = audio if sample_rate == decoder.sample_rate else AF.resample(audio, sample_rate, decoder.sample_rate)
+    enc_in = audio if sample_rate == encoder.sample_rate else AF.resample(audio, sample_rate, encoder.sample_rate)
+    frames = min(enc_in.shape[-1] // encoder.hop_length, target.shape[-1] // decoder.hop_length)
+    if frames < 1:
+        raise ValueError(
+            f"audio of {audio.shape[-1]} samples at {sample_rate} Hz is shorter than one latent frame"
+        )
+    return enc_in[..., : frames * encoder.hop_length], target[..., : frames * decoder.hop_length]
+
+
+class VAETrainingStep:
+    """Encoder + decoder (generator) against discriminators, two optimizers, least-squares GAN.
+
+    Call it with a batch ``[B, 1, N]`` at ``sample_rate``; it returns a dict of float losses. Puts the
+    modules in train mode with gradients on. ``step`` counts calls (for the adversarial warm-up).
+    """
+
+    def __init__(self, encoder: MusicEncoder, decoder: BigVGANDecoder, discriminator: nn.Module | None,
+                 gen_optimizer: torch.optim.Optimizer, disc_optimizer: torch.optim.Optimizer | None = None,
+                 config: VAELossConfig | None = None) -> None:
+        enc_rate = encoder.sample_rate / encoder.hop_length
+        dec_rate = decoder.sample_rate / decoder.hop_length
+        if abs(enc_rate - dec_rate) > 1e-9:
+            raise ValueError(f"encoder makes {enc_rate} frames/s but the decoder expects {dec_rate} frames/s")
+        if encoder.config.latent_dim != decoder.latent_dim:
+            raise ValueError(f"encoder latent_dim {encoder.config.latent_dim} != decoder in_channels {decoder.latent_dim}")
+        if discriminator is not None and disc_optimizer is None:
+            raise ValueError("a discriminator needs disc_optimizer")
+        self.encoder, self.decoder, self.discriminator = encoder, decoder, discriminator
+        self.gen_optimizer, self.disc_optimizer = gen_optimizer, disc_optimizer
+        self.config = config or VAELossConfig()
+        self.config.validate()
+        device = next(decoder.parameters()).device
+        self.mel_loss = MultiScaleMelLoss(decoder.sample_rate, self.config.mel_n_ffts, self.config.mel_n_mels).to(device)
+        self.stft_loss = MultiResolutionSTFTLoss(self.config.stft_resolutions).to(device)
+        self.step = 0
+        for module in (encoder, decoder, discriminator):
+            if module is not None:
+                module.train().requires_grad_(True)
+
+    def reconstruction_losses(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mel": self.mel_loss(pred, target), "stft": self.stft_loss(pred, target)}
+
+    def _params(self) -> list[nn.Parameter]:
+        return [p for m in (self.encoder, self.decoder) for p in m.parameters()]
+
+    def __call__(self, audio: torch.Tensor, sample_rate: int) -> dict[str, float]:
+        """One step on ``audio [B, 1, N]`` at ``sample_rate``. Returns ``loss_*`` floats and ``grad_norm``."""
+        cfg = self.config
+        enc_in, target = prepare_batch(audio.to(self.decoder.device), sample_rate, self.encoder, self.decoder)
+        mean, std = self.encoder.moments(enc_in)
+        latents = mean if std is None else mean + std * torch.randn_like(std)
+        pred = self.decoder(latents.transpose(1, 2))
+        adversarial = self.discriminator is not None and self.step >= cfg.adversarial_start_step
+        out: dict[str, float] = {}
+
+        if adversarial:
+            assert self.discriminator is not None and self.disc_optimizer is not None
+            real_logits, _ = self.discriminator(target)
+            fake_logits, _ = self.discriminator(pred.detach())
+            loss_d = discriminator_loss(real_logits, fake_logits)
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            loss_d.backward()
+            nn.utils.clip_grad_norm_(self.discriminator.parameters(), cfg.grad_clip)
+            self.disc_optimizer.step()
+            out["loss_disc"] = loss_d.item()
+
+        recon = self.reconstruction_losses(pred, target)
+        total = cfg.mel_weight * recon["mel"] + cfg.stft_weight * recon["stft"]
+        if std is not None:
+            kl = kl_divergence(mean, std)
+            total = total + cfg.kl_weight * kl
+            out["loss_kl"] = kl.item()
+        if adversarial:
+            assert self.discriminator is not None
+            self.discriminator.requires_grad_(False)
+            try:
+                fake_logits, fake_feats = self.discriminator(pred)
+                with torch.no_grad():
+                    _, real_feats = self.discriminator(target)
+            finally:
+                self.discriminator.requires_grad_(True)
+            adv = generator_adversarial_loss(fake_logits)
+            fm = feature_matching_loss(real_feats, fake_feats)
+            total = total + cfg.adversarial_weight * adv + cfg.feature_weight * fm
+            out["loss_adv"], out["loss_fm"] = adv.item(), fm.item()
+        self.gen_optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self._params(), cfg.grad_clip)
+        self.gen_optimizer.step()
+        self.step += 1
+        out.update(loss_mel=recon["mel"].item(), loss_stft=recon["stft"].item(), loss_gen=total.item(),
+                   grad_norm=float(grad_norm))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counter and optimizer states (the modules are saved with save_encoder / save_decoder)."""
+        state: dict[str, Any] = {"step": self.step, "gen_optimizer": self.gen_optimizer.state_dict()}
+        if self.disc_optimizer is not None:
+            state["disc_optimizer"] = self.disc_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.gen_optimizer.load_state_dict(state["gen_optimizer"])
+        if self.disc_optimizer is not None and "disc_optimizer" in state:
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
