@@ -130,6 +130,17 @@ def test_gan_step_trains_the_discriminators() -> None:
     assert step.step == 2
 
 
+def test_frozen_decoder_trains_only_the_encoder() -> None:
+    enc, dec = _tiny_vae()
+    frozen = [p.detach().clone() for p in dec.parameters()]
+    enc_before = [p.detach().clone() for p in enc.parameters()]
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
+    step = VAETrainingStep(enc, dec, None, opt, config=tiny_loss_config(), freeze_decoder=True)
+    step(tones(0.5, SR), SR)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, dec.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(enc_before, enc.parameters()))
+
+
 def test_training_step_rejects_mismatched_frame_rates() -> None:
     enc, dec = _tiny_vae()
     enc.config.strides = [2, 4, 8]  # 1600 / 64 = 25 frames/s vs the decoder's 50

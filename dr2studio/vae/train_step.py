@@ -2,9 +2,12 @@
 
 Sample rates: the encoder reads audio at its own rate (24 kHz for the paper's VAE), the decoder writes at
 its rate (48 kHz for the release). Both must have the same frame rate (``sr / hop``, 5 Hz). A batch is
-given once, at the decoder rate: the encoder input is resampled from it (torchaudio, Hann-windowed sinc)
-and both are cropped to whole latent frames, so the target is the original, un-resampled audio.
-Reconstruction losses and discriminators work at the decoder rate.
+given once, best at the decoder rate (48 kHz songs): the encoder input is resampled from it (torchaudio,
+Hann-windowed sinc) and both are cropped to whole latent frames, so the target is the original audio
+(resampled too only when the batch comes at another rate). Reconstruction losses and discriminators
+work at the decoder rate. For a quick start, ``load_decoder`` a released decoder, then
+pass ``freeze_decoder=True``: only the encoder learns, to produce latents the released decoder (and so
+the released DiT's latent space) understands.
 """
 from __future__ import annotations
 
@@ -77,12 +80,13 @@ class VAETrainingStep:
     """Encoder + decoder (generator) against discriminators, two optimizers, least-squares GAN.
 
     Call it with a batch ``[B, 1, N]`` at ``sample_rate``; it returns a dict of float losses. Puts the
-    modules in train mode with gradients on. ``step`` counts calls (for the adversarial warm-up).
+    modules in train mode with gradients on (except a frozen decoder). ``step`` counts calls (for the
+    adversarial warm-up).
     """
 
     def __init__(self, encoder: MusicEncoder, decoder: BigVGANDecoder, discriminator: nn.Module | None,
                  gen_optimizer: torch.optim.Optimizer, disc_optimizer: torch.optim.Optimizer | None = None,
-                 config: VAELossConfig | None = None) -> None:
+                 config: VAELossConfig | None = None, *, freeze_decoder: bool = False) -> None:
         enc_rate = encoder.sample_rate / encoder.hop_length
         dec_rate = decoder.sample_rate / decoder.hop_length
         if abs(enc_rate - dec_rate) > 1e-9:
@@ -99,15 +103,18 @@ class VAETrainingStep:
         self.mel_loss = MultiScaleMelLoss(decoder.sample_rate, self.config.mel_n_ffts, self.config.mel_n_mels).to(device)
         self.stft_loss = MultiResolutionSTFTLoss(self.config.stft_resolutions).to(device)
         self.step = 0
+        self.freeze_decoder = freeze_decoder
         for module in (encoder, decoder, discriminator):
             if module is not None:
                 module.train().requires_grad_(True)
+        if freeze_decoder:
+            decoder.eval().requires_grad_(False)
 
     def reconstruction_losses(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mel": self.mel_loss(pred, target), "stft": self.stft_loss(pred, target)}
 
     def _params(self) -> list[nn.Parameter]:
-        return [p for m in (self.encoder, self.decoder) for p in m.parameters()]
+        return [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
 
     def __call__(self, audio: torch.Tensor, sample_rate: int) -> dict[str, float]:
         """One step on ``audio [B, 1, N]`` at ``sample_rate``. Returns ``loss_*`` floats and ``grad_norm``."""
