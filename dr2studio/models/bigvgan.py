@@ -283,7 +283,7 @@ class BigVGANDecoder(VAEModule):
         if total == 0:
             return latents.new_zeros(latents.shape[0], 1, 0, dtype=torch.float32)
         segments = plan_segments(total, chunk_frames, overlap, final=True)
-        return self._assemble(latents, segments, 0, total, {}, max_batch)
+        return self._assemble(latents.to(self.device), segments, 0, total, {}, max_batch)
 
     def decode_stream(self, blocks: Iterable[torch.Tensor], *, chunk_frames: int = CHUNK_FRAMES,
                       overlap: int = CHUNK_OVERLAP, max_batch: int = 8) -> Iterator[torch.Tensor]:
@@ -306,7 +306,7 @@ class BigVGANDecoder(VAEModule):
             self._check_latents(block, f"block {i}")
             if latents is not None and block.shape[0] != latents.shape[0]:
                 raise ValueError(f"block {i} has batch size {block.shape[0]}, earlier blocks {latents.shape[0]}")
-            parts.append(block)
+            parts.append(block.to(self.device))
             latents = torch.cat(parts, dim=1) if len(parts) > 1 else block
             parts = [latents]
             ready = stable_frames(latents.shape[1], chunk_frames, overlap)
