@@ -375,8 +375,13 @@ class Studio:
             model=self.fingerprint,
         )
 
-    def _song_state(self, song: Song, progress: ProgressCallback | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """The song's audio ``[C, N]`` at the model rate and its latents ``[1, T, M]`` (sidecar or encoded)."""
+    def _song_state(self, song: Song, progress: ProgressCallback | None,
+                    inversion_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """The song's audio ``[C, N]`` at the model rate and its latents ``[1, T, M]`` (sidecar or encoded).
+
+        Without usable sidecar latents the audio is encoded with :func:`dr2studio.vae.encode.encode_audio`
+        (the model's encoder, else decoder inversion with ``inversion_steps`` optimiser steps).
+        """
         if not isinstance(song, Song):
             raise StudioError(f"expected a Song, got {type(song).__name__}")
         audio = song.audio.float()
@@ -389,16 +394,25 @@ class Studio:
                 log.warning("song was made with model %s, continuing with %s", song.model, self.fingerprint)
             return audio, song.latents.float(), {"method": "sidecar", "seconds": 0.0}  # type: ignore[union-attr]
         from dr2studio.vae.encode import encode_audio
+        from dr2studio.vae.inversion import InversionConfig
 
-        if progress is not None:
-            progress(0, 1, "encode")
-        enc = encode_audio(to_mono(audio), self.sample_rate, self.model_dir, method="auto")
+        config = None
+        if inversion_steps is not None:
+            if int(inversion_steps) < 1:
+                raise StudioError(f"inversion_steps must be >= 1, got {inversion_steps}")
+            config = InversionConfig(steps=int(inversion_steps))
+
+        def report(step: int, total: int, loss: float) -> None:
+            if progress is not None:
+                progress(step, total, "encode")
+
+        enc = encode_audio(to_mono(audio), self.sample_rate, self.model_dir, method="auto", progress=report,
+                           device=self.dit.device, inversion=config,
+                           decoder=self.decoder if self.decoder.dtype == torch.float32 else None)
         latents = enc.latents.detach().to("cpu", torch.float32)
         if latents.dim() != 3 or latents.shape[0] != 1 or latents.shape[-1] != mel:
             raise StudioError(f"encoder returned latents of shape {tuple(latents.shape)}, expected [1, T, {mel}]")
         log.info("encoded the song with %s in %.1f s (%d frames)", enc.method, enc.seconds, latents.shape[1])
-        if progress is not None:
-            progress(1, 1, "encode")
         return audio, latents, {"method": enc.method, "seconds": round(float(enc.seconds), 3)}
 
     def _match_channels(self, new: torch.Tensor, channels: int) -> torch.Tensor:
@@ -426,26 +440,31 @@ class Studio:
         seed: int | None = None,
         crossfade: float = DEFAULT_CROSSFADE,
         progress: ProgressCallback | None = None,
+        inversion_steps: int | None = None,
     ) -> Song:
         """Continue ``song`` with new ``lyrics`` for up to ``seconds`` (default 30).
 
         The lyric context is the song's lyrics followed by the new ones. The output's samples before
-        ``settings["edits"][-1]["splice"]`` seconds are the input's (at the model rate).
+        ``settings["edits"][-1]["splice"]`` seconds are the input's (at the model rate). A song without
+        sidecar latents is encoded first (``inversion_steps`` bounds a decoder inversion).
         """
         seconds = _check_seconds(DEFAULT_EXTEND_SECONDS if seconds is None else seconds, "seconds")
         crossfade = self._check_crossfade(crossfade)
         new_tokens, new_text = self.encode_lyrics(lyrics)
         style_vec = self._song_style(song, style)
         seed = _new_seed(seed)
-        audio, latents, encoded = self._song_state(song, progress)
+        audio, latents, encoded = self._song_state(song, progress, inversion_steps)
         context = new_tokens
         if encoded["method"] == "sidecar" and song.tokens is not None and song.tokens.numel():
             context = torch.cat([song.tokens.long().reshape(-1), new_tokens])
         else:
             log.info("no lyric context for the existing audio; conditioning on the new lyrics only")
         hop = self.hop_length
-        prefix_len = latents.shape[1]
-        joint = min(prefix_len * hop, audio.shape[1])  # end of the old audio = start of the new block
+        prefix_len = min(latents.shape[1], audio.shape[1] // hop)  # an encoded song's last partial frame is dropped
+        if prefix_len < 1:
+            raise StudioError(f"the song is shorter than one latent frame ({hop} samples)")
+        latents = latents[:, :prefix_len]
+        joint = prefix_len * hop  # end of the old audio = start of the first new block
         fade = min(round(crossfade * self.sample_rate), joint)
         ctx = min(prefix_len, math.ceil(fade / hop) + _CONTEXT_FRAMES)
         max_frames = prefix_len + max(1, round(seconds * self.frame_rate))
@@ -483,6 +502,7 @@ class Studio:
         seed: int | None = None,
         crossfade: float = DEFAULT_CROSSFADE,
         progress: ProgressCallback | None = None,
+        inversion_steps: int | None = None,
     ) -> Song:
         """Regenerate ``[start, end)`` seconds with new ``lyrics``; everything else is kept.
 
@@ -507,7 +527,7 @@ class Studio:
             raise StudioError(f"end ({end:g} s) is past the end of the song ({total_s:.2f} s)")
         if (end - start) * self.frame_rate < 1:
             raise StudioError(f"the region must last at least one frame ({1 / self.frame_rate:g} s), got {end - start:g} s")
-        audio, latents, encoded = self._song_state(song, progress)
+        audio, latents, encoded = self._song_state(song, progress, inversion_steps)
         hop, sr = self.hop_length, self.sample_rate
         length = audio.shape[1]
         st, et = round(start * sr), min(round(end * sr), length)

@@ -252,3 +252,18 @@ def test_readme_main_job_with_demo_model(work: Path, tmp_path: Path, monkeypatch
             *FAST, "-o", out)
     assert "shipped demo model" in r.stderr and r.stdout.startswith(str(out))
     assert read_audio(out)[0].shape == (1, 2 * SR)
+
+
+def test_extend_without_sidecar_says_how_it_encodes(work: Path, session: dict) -> None:
+    plain = work / "plain-take.wav"
+    audio, _ = read_audio(work / "song.wav")
+    sf.write(plain, audio[0].numpy(), SR, subtype="PCM_24")  # the audio alone, as a DAW would bounce it
+    out = work / "plain-longer.wav"
+    r = run("extend", plain, "--model", work / "model", "--lyrics", work / "next.lrc", "--seconds", "1",
+            "--style-embedding", work / "style.npy", "--inversion-steps", "2", *FAST, "-o", out, "--json")
+    assert "decoder inversion" in r.stderr
+    result = json.loads(r.stdout)
+    assert result["latents_from"]["method"] == "inversion"
+    longer, _ = read_audio(out)
+    splice = round(result["splice"] * SR)
+    assert torch.equal(longer[:, :splice], audio[:, :splice])

@@ -24,6 +24,7 @@ __all__ = [
     "style_options",
     "sampling_options",
     "output_option",
+    "inversion_option",
     "load_studio",
     "check_lyrics_file",
     "check_output",
@@ -127,6 +128,13 @@ def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--steps", type=click.IntRange(2, 1000), default=32, show_default=True,
                       help="Time-grid points per block (steps-1 Euler steps).")(fn)
     return fn
+
+
+def inversion_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--inversion-steps`` for songs without a sidecar on models without an encoder."""
+    return click.option("--inversion-steps", type=click.IntRange(1, 10000), metavar="N",
+                        help="Optimiser steps when a song without sidecar must be inverted through the decoder "
+                             "(default 300; fewer is faster and rougher).")(fn)
 
 
 def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:

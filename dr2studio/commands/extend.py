@@ -27,12 +27,14 @@ Examples:
               help="Equal-power crossfade length in seconds, ending at the splice block boundary.")
 @cli.style_options()
 @cli.sampling_options
+@cli.inversion_option
 @cli.model_options
 @cli.output_option
 @cli.user_errors
 def extend(song_path: Path, lyrics_path: Path, seconds: float, crossfade: float, style_text: str | None,
            style_audio: Path | None, style_embedding: Path | None, steps: int, cfg_strength: float,
-           seed: int | None, model: str | None, device: str | None, dtype: str | None, g2p_assets: Path | None,
+           seed: int | None, inversion_steps: int | None, model: str | None, device: str | None,
+           dtype: str | None, g2p_assets: Path | None,
            output: Path, quiet: bool, as_json: bool) -> None:
     """Continue SONG with new lyrics; the audio before the splice point is kept sample for sample.
 
@@ -52,7 +54,8 @@ def extend(song_path: Path, lyrics_path: Path, seconds: float, crossfade: float,
     cli.announce_encoding(song, studio, song_path, quiet)
     longer, elapsed = cli.render_and_save(
         lambda progress: studio.extend(song, lyrics_path, seconds, style=style, steps=steps, cfg_strength=cfg_strength,
-                                       seed=seed, crossfade=crossfade, progress=progress),
+                                       seed=seed, crossfade=crossfade, progress=progress,
+                                       inversion_steps=inversion_steps),
         output, quiet)
     edit = longer.settings["edits"][-1]
     result = cli.song_result(longer, output, studio, elapsed)

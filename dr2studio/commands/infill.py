@@ -55,13 +55,15 @@ def _range(start: float | None, end: float | None, start_bar: float | None, end_
               help="Equal-power crossfade length in seconds at each edge of the range.")
 @cli.style_options()
 @cli.sampling_options
+@cli.inversion_option
 @cli.model_options
 @cli.output_option
 @cli.user_errors
 def infill(song_path: Path, start: float | None, end: float | None, start_bar: float | None, end_bar: float | None,
            bpm: float | None, beats_per_bar: int, lyrics_path: Path, crossfade: float, style_text: str | None,
            style_audio: Path | None, style_embedding: Path | None, steps: int, cfg_strength: float,
-           seed: int | None, model: str | None, device: str | None, dtype: str | None, g2p_assets: Path | None,
+           seed: int | None, inversion_steps: int | None, model: str | None, device: str | None,
+           dtype: str | None, g2p_assets: Path | None,
            output: Path, quiet: bool, as_json: bool) -> None:
     """Regenerate [START, END) of SONG with new lyrics and splice it back in.
 
@@ -85,7 +87,8 @@ def infill(song_path: Path, start: float | None, end: float | None, start_bar: f
     cli.announce_encoding(song, studio, song_path, quiet)
     fixed, elapsed = cli.render_and_save(
         lambda progress: studio.infill(song, t0, t1, lyrics_path, style=style, steps=steps, cfg_strength=cfg_strength,
-                                       seed=seed, crossfade=crossfade, progress=progress),
+                                       seed=seed, crossfade=crossfade, progress=progress,
+                                       inversion_steps=inversion_steps),
         output, quiet)
     edit = fixed.settings["edits"][-1]
     result = cli.song_result(fixed, output, studio, elapsed)
