@@ -55,6 +55,7 @@ _CONTEXT_FRAMES = 8  # old frames decoded before a splice, so the decoder's edge
 _STYLE_DIM = 512
 _EMBEDDING_EXTS = {".npy", ".safetensors"}
 _AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff"}
+_LYRICS_EXTS = (".lrc", ".txt")
 
 
 class StudioError(ValueError):
@@ -187,9 +188,13 @@ class Studio:
 
     # -- conditions ----------------------------------------------------------------------------------
     def encode_lyrics(self, lyrics: str | os.PathLike) -> tuple[torch.Tensor, str]:
-        """Lyrics text (or a ``Path`` to a lyrics file) -> ``([N] token ids, text)``."""
+        """Lyrics text (or a path to a ``.lrc``/``.txt`` file) -> ``([N] token ids, text)``."""
         from dr2studio.lyrics import encode_lyrics, parse_lyrics, parse_lyrics_file
 
+        if isinstance(lyrics, str) and "\n" not in lyrics and lyrics.strip().lower().endswith(_LYRICS_EXTS):
+            if not Path(lyrics.strip()).is_file():  # a file name, not words to sing
+                raise StudioError(f"lyrics file not found: {lyrics.strip()}")
+            lyrics = Path(lyrics.strip())
         if isinstance(lyrics, os.PathLike):
             doc = parse_lyrics_file(lyrics)
         elif isinstance(lyrics, str):

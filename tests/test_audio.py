@@ -242,6 +242,14 @@ def test_write_take_files_and_manifest(tmp_path: Path) -> None:
     assert leftovers == []
 
 
+def test_take_names_cannot_escape_the_project(tmp_path: Path) -> None:
+    layout = project_layout(tmp_path / "proj", "generic")
+    entry = write_take(layout, "../../etc/evil", {"mix": (_tone(0.05), SR)}, {})
+    written = [p for p in tmp_path.rglob("*.wav")]
+    assert len(written) == 1 and layout.takes_dir in written[0].parents
+    assert "/" not in entry["take"] and not entry["take"].startswith(".")
+
+
 def test_failed_take_leaves_nothing(tmp_path: Path) -> None:
     layout = project_layout(tmp_path / "proj", "generic")
     bad = {"mix": (_tone(0.1), SR), "vocals": (torch.full((1, 10), float("nan")), SR)}

@@ -141,6 +141,31 @@ def test_style_sources(tmp_path: Path, studio: Studio, style: torch.Tensor) -> N
         studio.style_embedding(None)
 
 
+def test_lyrics_from_file_path(tmp_path: Path, studio: Studio) -> None:
+    (tmp_path / "a.lrc").write_text(LYRICS, encoding="utf-8")
+    expected = studio.encode_lyrics(LYRICS)[0]
+    assert torch.equal(studio.encode_lyrics(tmp_path / "a.lrc")[0], expected)
+    assert torch.equal(studio.encode_lyrics(str(tmp_path / "a.lrc"))[0], expected)  # a str path is not sung
+    with pytest.raises(StudioError, match="not found"):
+        studio.encode_lyrics(str(tmp_path / "missing.lrc"))
+
+
+def test_load_from_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repo id goes through huggingface_hub (mocked: no network here) and loads the snapshot it returns."""
+    import huggingface_hub
+
+    snapshot = build_tiny_model(tmp_path / "snapshot")
+    asked = []
+
+    def fake_download(repo_id: str, **kwargs):
+        asked.append(repo_id)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    loaded = Studio.load("someone/tiny-dr2")
+    assert asked == ["someone/tiny-dr2"] and loaded.model_dir == snapshot
+
+
 def test_bad_input_errors(studio: Studio, style: torch.Tensor, song: Song) -> None:
     with pytest.raises(StudioError, match="lyrics are empty"):
         studio.generate("  \n", style, 3.0, steps=STEPS)
