@@ -9,7 +9,7 @@ import torch
 from dr2studio.checkpoints import CheckpointError
 from dr2studio.models.bigvgan import BigVGANDecoder, DecoderConfig, save_decoder
 from dr2studio.models.encoder import MusicEncoder, save_encoder
-from dr2studio.vae.encode import as_mono, encode_audio
+from dr2studio.vae.encode import as_mono, encode_audio, encode_windowed
 from dr2studio.vae.inversion import InversionConfig, invert_decoder
 from vae_helpers import one_thread, tiny_vae_configs, tones  # noqa: F401
 
@@ -100,3 +100,14 @@ def test_encode_audio_falls_back_to_inversion(tmp_path: Path) -> None:
         encode_audio(tones(0.2, 3200)[0], 3200, model_dir, method="encoder")
     with pytest.raises(ValueError, match="method"):
         encode_audio(tones(0.2, 3200)[0], 3200, model_dir, method="magic")  # type: ignore[arg-type]
+
+
+def test_windowed_encoding_matches_one_pass() -> None:
+    torch.manual_seed(0)
+    enc = MusicEncoder(tiny_vae_configs()[0]).eval()
+    audio = torch.randn(1, 1, 32 * 70)
+    with torch.no_grad():
+        whole = enc(audio)
+        windowed = encode_windowed(enc, audio, window_frames=16, context_frames=20)  # reach ~16 frames
+    assert windowed.shape == whole.shape == (1, 70, 8)
+    torch.testing.assert_close(windowed, whole, atol=1e-4, rtol=1e-4)

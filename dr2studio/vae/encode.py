@@ -18,7 +18,7 @@ from dr2studio.models.bigvgan import BigVGANDecoder, load_decoder
 from dr2studio.models.encoder import MusicEncoder, has_encoder, load_encoder
 from dr2studio.vae.inversion import InversionConfig, ProgressFn, invert_decoder
 
-__all__ = ["EncodedAudio", "encode_audio", "as_mono", "pad_to_hop"]
+__all__ = ["EncodedAudio", "encode_audio", "encode_windowed", "as_mono", "pad_to_hop"]
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,31 @@ def _resample(audio: torch.Tensor, source: int, target: int) -> torch.Tensor:
     return AF.resample(audio, source, target)
 
 
+def encode_windowed(encoder: MusicEncoder, audio: torch.Tensor, *, window_frames: int = 300,
+                    context_frames: int = 25) -> torch.Tensor:
+    """Encoder latents ``[B, T, C]`` of ``audio [B, 1, T*hop]`` in windows, so memory stays bounded for long songs.
+
+    Each window of ``window_frames`` frames is encoded with ``context_frames`` of real audio on both sides
+    (cropped afterwards), so interior frames see the same context as in one pass over the whole song
+    as long as the context covers the encoder's receptive field (5 s by default at 5 frames/s).
+    """
+    hop = encoder.hop_length
+    total = audio.shape[-1] // hop
+    if total <= window_frames + 2 * context_frames:
+        return encoder(audio, sample=False)
+    out = []
+    for start in range(0, total, window_frames):
+        stop = min(start + window_frames, total)
+        lo, hi = max(0, start - context_frames), min(total, stop + context_frames)
+        z = encoder(audio[..., lo * hop : hi * hop], sample=False)
+        out.append(z[:, start - lo : stop - lo])
+    return torch.cat(out, dim=1)
+
+
 def _run_encoder(encoder: MusicEncoder, mono: torch.Tensor, sample_rate: int) -> torch.Tensor:
     x = pad_to_hop(_resample(mono, sample_rate, encoder.sample_rate), encoder.hop_length)
     with torch.no_grad():
-        return encoder(x.view(1, 1, -1).to(encoder.device), sample=False).float()
+        return encode_windowed(encoder, x.view(1, 1, -1).to(encoder.device)).float()
 
 
 def encode_audio(audio: Any, sample_rate: int, model_dir: str | os.PathLike, method: Method = "auto",
