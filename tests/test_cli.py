@@ -109,7 +109,7 @@ def test_stems_into_projects(work: Path, session: dict, monkeypatch: pytest.Monk
     def offline_separator(weights=None, device=None):  # the download is what cannot run here
         torch.manual_seed(0)
         model = HDemucs(sources=["drums", "bass", "other", "vocals"], channels=4, growth=2, nfft=4096, depth=6)
-        return stems_mod.Separator(model, segment_s=2.0, overlap_s=0.5)
+        return stems_mod.Separator(model, segment_s=6.0, overlap_s=0.5)  # one segment: chunking is unit-tested
 
     monkeypatch.setattr(stems_mod, "load_separator", offline_separator)
     live = work / "Live Project"

@@ -192,21 +192,22 @@ def test_bad_input_errors(studio: Studio, style: torch.Tensor, song: Song) -> No
 
 
 def test_extend_and_infill_without_sidecar_encode(studio: Studio, style: torch.Tensor, song: Song) -> None:
-    audio_only = Song(audio=song.audio[:, : song.audio.shape[1] - 3000], sample_rate=song.sample_rate)  # 2.94 s
+    audio_only = Song(audio=song.audio[:, : 7 * 9600 - 3000], sample_rate=song.sample_rate)  # 6.7 frames
     events = []
     longer = studio.extend(audio_only, MORE, seconds=1.0, style=style, steps=STEPS, seed=3, inversion_steps=2,
                            progress=lambda *a: events.append(a))
     edit = longer.settings["edits"][-1]
     assert edit["latents_from"]["method"] == "inversion"  # the tiny model has no encoder
     assert [e for e in events if e[2] == "encode"]
-    assert edit["prefix_frames"] == 14  # the partial last frame is dropped, the splice stays on a frame
+    assert edit["prefix_frames"] == 6  # the partial last frame is dropped, the splice stays on a frame
     splice = round(edit["splice"] * 48000)
-    assert splice == 14 * 9600 - round(0.25 * 48000)
+    assert splice == 6 * 9600 - round(0.25 * 48000)
     assert torch.equal(longer.audio[:, :splice], audio_only.audio[:, :splice])
     assert longer.tokens.tolist() == studio.encode_lyrics(MORE)[0].tolist()  # no lyric context known
-    fixed = studio.infill(audio_only, 1.0, 2.0, MORE, style=style, steps=STEPS, seed=3, inversion_steps=2)
+    fixed = studio.infill(audio_only, 0.4, 1.0, MORE, style=style, steps=STEPS, seed=3, inversion_steps=2)
     assert fixed.audio.shape == audio_only.audio.shape
-    assert torch.equal(fixed.audio[:, round(2.25 * 48000):], audio_only.audio[:, round(2.25 * 48000):])
+    assert torch.equal(fixed.audio[:, round(1.25 * 48000):], audio_only.audio[:, round(1.25 * 48000):])
+    assert torch.equal(fixed.audio[:, : round(0.15 * 48000)], audio_only.audio[:, : round(0.15 * 48000)])
 
 
 @pytest.mark.slow
