@@ -298,7 +298,6 @@ class BigVGANDecoder(VAEModule):
         Runs without autograd.
         """
         check_schedule(chunk_frames, overlap)
-        parts: list[torch.Tensor] = []
         latents: torch.Tensor | None = None
         cache: dict[tuple[int, int], torch.Tensor] = {}
         emitted = 0
@@ -306,9 +305,8 @@ class BigVGANDecoder(VAEModule):
             self._check_latents(block, f"block {i}")
             if latents is not None and block.shape[0] != latents.shape[0]:
                 raise ValueError(f"block {i} has batch size {block.shape[0]}, earlier blocks {latents.shape[0]}")
-            parts.append(block.to(self.device))
-            latents = torch.cat(parts, dim=1) if len(parts) > 1 else block
-            parts = [latents]
+            block = block.to(self.device)
+            latents = block if latents is None else torch.cat([latents, block], dim=1)
             ready = stable_frames(latents.shape[1], chunk_frames, overlap)
             if ready > emitted:
                 segments = plan_segments(latents.shape[1], chunk_frames, overlap, final=False)
