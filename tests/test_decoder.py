@@ -221,3 +221,17 @@ def test_pre_transformer_option_keeps_lengths(tmp_path: Path) -> None:
     assert dec.decode(x).shape == (1, 1, 240)
     save_decoder(dec, tmp_path)
     torch.testing.assert_close(load_decoder(tmp_path, device="cpu").decode(x), dec.decode(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_half_precision_on_gpu_tracks_float32(tiny_ref_dir: Path, tiny_reference: dict) -> None:
+    dec = load_decoder(tiny_ref_dir)  # CUDA, float16 by default (as the reference runs)
+    assert dec.device.type == "cuda" and dec.dtype == torch.float16
+    latents = tiny_reference["decoder_latents"].transpose(1, 2)
+    with torch.inference_mode():
+        audio = dec.decode(latents.cuda()).cpu()
+        streamed = torch.cat(list(dec.decode_stream(latents.cuda().split(10, dim=1))), dim=-1).cpu()
+    assert audio.dtype == torch.float32
+    assert rel_err(audio, tiny_reference["decoder_audio"]) <= 2e-2
+    torch.testing.assert_close(streamed, audio, rtol=0, atol=1e-3)

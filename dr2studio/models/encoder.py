@@ -8,7 +8,9 @@ three dilated residual units (dilations 1, 3, 9) followed by Snake and a strided
 (kernel 2s) that doubles or grows the width, then Snake and a 3-tap projection to the latent channels.
 With the default strides 24 kHz audio becomes 5 latent frames per second, the rate of the released
 decoder. An optional diagonal-Gaussian bottleneck (``kl=True``) doubles the projection into
-mean and scale; it is off by default, as in the paper.
+mean and scale; it is off by default, as in the paper. The paper's optional transformer block between
+the latents and the decoder is on the decoder side (``DecoderConfig.transformer_layers``), so that the
+released decoder layout stays the ``transformer_layers = 0`` case.
 """
 from __future__ import annotations
 
