@@ -379,7 +379,8 @@ class StepReporter:
         if self.ctx.rank == 0 and self._metrics_path is not None:
             with self._metrics_path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(out) + "\n")
-        log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in out.items() if k != "step"))
+        if self.ctx.rank == 0:
+            log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in out.items() if k != "step"))
         want_ckpt = checkpoint is not None and (force_checkpoint or step % self.cfg.checkpoint_every == 0)
         import ray.train
 
