@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dr2studio.config import ConfigError
-from dr2studio.models.bigvgan import BigVGANDecoder, DecoderConfig, load_decoder, save_decoder
+from dr2studio.models.bigvgan import DecoderConfig, load_decoder, save_decoder
 from dr2studio.vae.checkpoint_io import CheckpointError, read_state_dict
 from dr2studio.vae.chunking import plan_segments, stable_frames
 from vae_helpers import micro_config, micro_decoder, one_thread  # noqa: F401

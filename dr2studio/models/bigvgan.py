@@ -365,7 +365,10 @@ def load_decoder(model_dir: str | os.PathLike, device: str | torch.device | None
 
 
 def save_decoder(decoder: BigVGANDecoder, model_dir: str | os.PathLike) -> Path:
-    """Write ``decoder.json`` + ``decoder.safetensors`` (float32, weight norm folded) into ``model_dir``."""
+    """Write ``decoder.json`` + ``decoder.safetensors`` (float32, weight norm folded) into ``model_dir``.
+
+    :func:`load_decoder` prefers ``decoder.safetensors`` over a ``decoder.bin`` in the same folder.
+    """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = fold_weight_norm(decoder.state_dict(), "decoder")

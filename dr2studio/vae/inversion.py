@@ -37,7 +37,7 @@ class InversionConfig(JsonConfig):
     (2048/1024/512-point FFTs) to the decoder's sample rate and window length."""
 
     steps: int = 300
-    lr: float = 0.05
+    lr: float = 0.1
     stft_weight: float = 1.0
     mel_weight: float = 1.0
     patience: int = 40
