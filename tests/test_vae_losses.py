@@ -141,6 +141,19 @@ def test_frozen_decoder_trains_only_the_encoder() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(enc_before, enc.parameters()))
 
 
+def test_kl_option_adds_its_term() -> None:
+    enc_cfg, dec_cfg = tiny_vae_configs()
+    enc_cfg.kl = True
+    torch.manual_seed(0)
+    enc, dec = MusicEncoder(enc_cfg), BigVGANDecoder(dec_cfg)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
+    out = VAETrainingStep(enc, dec, None, opt, config=tiny_loss_config(kl_weight=0.1))(tones(0.5, SR), SR)
+    assert out["loss_kl"] > 0
+    cfg = tiny_loss_config(kl_weight=0.1)
+    expected = cfg.mel_weight * out["loss_mel"] + cfg.stft_weight * out["loss_stft"] + 0.1 * out["loss_kl"]
+    assert out["loss_gen"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_training_step_rejects_mismatched_frame_rates() -> None:
     enc, dec = _tiny_vae()
     enc.config.strides = [2, 4, 8]  # 1600 / 64 = 25 frames/s vs the decoder's 50
