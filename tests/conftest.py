@@ -15,7 +15,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DR2STUDIO_SHARED", REPO.parent / "shared"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: tiny test models gain nothing from more, and Ray workers share the cores.
+torch.set_num_threads(int(os.environ.get("DR2STUDIO_TEST_THREADS", "1")))
 
 
 def _need(path: Path) -> Path:
