@@ -41,10 +41,12 @@ class BridgeOptions:
 
 
 class BridgeApp:
-    """A running bridge. ``engine`` is any :class:`~dr2studio.engine.Engine`; the app closes it too."""
+    """A running bridge. ``engine`` is any :class:`~dr2studio.engine.Engine`; the app closes it too
+    unless ``own_engine`` is false (an engine shared with other users)."""
 
-    def __init__(self, engine: Any, options: BridgeOptions, *, style_embedding: Any = None) -> None:
+    def __init__(self, engine: Any, options: BridgeOptions, *, style_embedding: Any = None, own_engine: bool = True) -> None:
         self.engine = engine
+        self.own_engine = own_engine
         self.options = options
         self.bridge = Bridge(engine, style_embedding=style_embedding, project_roots=options.project_roots,
                              steps=options.steps, cfg_strength=options.cfg_strength, max_pending=options.max_pending,
@@ -103,7 +105,8 @@ class BridgeApp:
                 except Exception:
                     log.exception("closing %s failed", type(part).__name__)
         self.bridge.close()
-        self.engine.close()
+        if self.own_engine:
+            self.engine.close()
 
     def __enter__(self) -> "BridgeApp":
         return self

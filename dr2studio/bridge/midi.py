@@ -25,8 +25,8 @@ import base64
 import binascii
 import json
 import logging
+import select
 import threading
-import time
 import uuid
 from typing import Any, Callable
 
@@ -259,7 +259,7 @@ class MidiTcpServer:
     """MIDI over TCP with mido's :class:`~mido.sockets.PortServer`: any number of clients connect with
     ``mido.sockets.connect(host, port)``; their messages drive the controller and events go back to all."""
 
-    def __init__(self, controller: MidiController, host: str = "127.0.0.1", port: int = 7101, *, poll: float = 0.002) -> None:
+    def __init__(self, controller: MidiController, host: str = "127.0.0.1", port: int = 7101, *, poll: float = 0.1) -> None:
         from mido.sockets import PortServer
 
         self.controller = controller
@@ -285,17 +285,32 @@ class MidiTcpServer:
                     pass
 
     def _loop(self) -> None:
+        # PortServer.iter_pending() blocks inside mido (MultiPort ignores block=False), so the loop
+        # accepts and reads the client ports itself, waiting in select() between messages.
+        server = self._server
         while not self._stop.is_set():
+            with self._lock:
+                sockets = [server._socket] + [p._socket for p in server.ports if not p.closed]
             try:
-                with self._lock:
-                    messages = list(self._server.iter_pending())
-            except (OSError, ValueError) as exc:  # a client vanished mid-read
-                log.debug("MIDI socket read failed: %s", exc)
-                messages = []
+                readable, _, _ = select.select(sockets, [], [], self._poll)
+            except (OSError, ValueError):  # a socket closed under us; the next round rebuilds the list
+                readable = []
+            if not readable:
+                continue
+            messages = []
+            with self._lock:
+                try:
+                    port = server.accept(block=False)
+                    if port is not None:
+                        server.ports.append(port)
+                    for port in list(server.ports):
+                        if not port.closed:
+                            messages.extend(port.iter_pending())
+                    server.ports = [p for p in server.ports if not p.closed]
+                except (OSError, ValueError) as exc:  # a client vanished mid-read
+                    log.debug("MIDI socket read failed: %s", exc)
             for msg in messages:
                 self.controller.handle(msg)
-            if not messages:
-                time.sleep(self._poll)
 
     def close(self) -> None:
         self._stop.set()

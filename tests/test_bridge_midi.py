@@ -1,0 +1,249 @@
+"""MIDI side of the bridge: a session over mido's socket port, MIDI file import (markers, UTF-8
+lyrics, tempo map, cues), the watch folder, and hostile MIDI input."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mido
+import pytest
+import soundfile as sf
+import torch
+from mido.sockets import connect
+
+from dr2studio.bridge import BridgeApp, BridgeOptions, read_midi_file
+from dr2studio.bridge.midi import (
+    CMD_LYRICS,
+    CMD_LYRICS_FOR,
+    CMD_OPEN,
+    CMD_SECTION,
+    CMD_TEMPO,
+    CONTROL_CHANNEL,
+    decode_event,
+    encode_sysex,
+)
+from dr2studio.engine import LocalEngine
+
+TIMEOUT = 120.0
+
+
+def _midi_file(path: Path, *, tempo_changes: bool = False, cues: tuple[str, ...] = ()) -> Path:
+    """Two sections (verse at beat 0, chorus at beat 8), UTF-8 lyrics, 100 bpm, 3/4, end marker at 16."""
+    mid = mido.MidiFile(ticks_per_beat=480, charset="utf-8")
+    meta = mido.MidiTrack()
+    mid.tracks.append(meta)
+    meta.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(100), time=0))
+    meta.append(mido.MetaMessage("time_signature", numerator=3, denominator=4, time=0))
+    meta.append(mido.MetaMessage("marker", text="Verse 1", time=0))
+    for text in cues:
+        meta.append(mido.MetaMessage("cue_marker", text=text, time=0))
+    if tempo_changes:
+        meta.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(150), time=480 * 4))
+        meta.append(mido.MetaMessage("marker", text="Chorus", time=0))
+    else:
+        meta.append(mido.MetaMessage("marker", text="Chorus", time=480 * 8))
+    meta.append(mido.MetaMessage("marker", text="End", time=480 * 8))
+    words = mido.MidiTrack()
+    mid.tracks.append(words)
+    syllables = [(0, "/Hel"), (240, "lo "), (240, "world\r"), (480, "你好"), (240, "世界\r"),
+                 (480 * 6, "/sing "), (240, "it "), (240, "loud\n")]
+    for delta, text in syllables:
+        words.append(mido.MetaMessage("lyrics", text=text, time=delta))
+    mid.save(str(path))
+    return path
+
+
+def test_midi_file_plan_reads_sections_utf8_lyrics_and_tempo(tmp_path):
+    plan = read_midi_file(_midi_file(tmp_path / "song.mid", cues=("style: dreamy lofi", "generate")))
+    assert plan.bpm == pytest.approx(100.0) and plan.timesig == (3, 4)
+    assert [(s.sec_id, s.kind, s.start_beats, s.length_beats) for s in plan.sections] == [
+        ("verse-1", "verse", 0.0, 8.0), ("chorus", "chorus", 8.0, 8.0)]
+    assert plan.sections[0].lyrics == "Hello world\n你好世界"
+    assert plan.sections[1].lyrics == "sing it loud"
+    assert [text for _, text in plan.cues] == ["style: dreamy lofi", "generate"]
+
+    changing = read_midi_file(_midi_file(tmp_path / "change.mid", tempo_changes=True))
+    # 4 beats at 100 bpm + 8 beats at 150 bpm = 2.4 s + 3.2 s; one session tempo keeps that duration
+    assert changing.seconds_at(12.0) == pytest.approx(5.6)
+    assert changing.bpm == pytest.approx(12.0 * 60 / 5.6)
+
+    (tmp_path / "bad.mid").write_bytes(b"MThd not really")
+    with pytest.raises(ValueError, match="not a readable MIDI file"):
+        read_midi_file(tmp_path / "bad.mid")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from dr2studio.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+STYLE = torch.randn(512, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    local = LocalEngine(str(tiny_model), style_embedding=STYLE)
+    yield local
+    local.close()
+
+
+@pytest.fixture()
+def app(engine, tmp_path):
+    watch = tmp_path / "inbox"
+    watch.mkdir()
+    options = BridgeOptions(osc_port=0, midi_tcp=0, watch=watch, steps=2)
+    bridge_app = BridgeApp(engine, options, style_embedding=STYLE, own_engine=False)
+    bridge_app.watch.interval = 0.1
+    yield bridge_app
+    bridge_app.close()
+
+
+class MidiClient:
+    def __init__(self, port: int) -> None:
+        self.port = connect("127.0.0.1", port)
+        self.events: list[tuple[str, list]] = []
+
+    def send(self, msg) -> None:
+        self.port.send(msg)
+
+    def cc(self, control: int, value: int) -> None:
+        self.send(mido.Message("control_change", channel=CONTROL_CHANNEL, control=control, value=value))
+
+    def note(self, note: int, velocity: int = 100) -> None:
+        self.send(mido.Message("note_on", channel=CONTROL_CHANNEL, note=note, velocity=velocity))
+        self.send(mido.Message("note_off", channel=CONTROL_CHANNEL, note=note))
+
+    def until(self, address: str, timeout: float = TIMEOUT) -> list:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for msg in self.port.iter_pending():
+                event = decode_event(msg)
+                if event is None:
+                    continue
+                self.events.append(event)
+                if event[0] == address:
+                    return event[1]
+            time.sleep(0.005)
+        raise TimeoutError(f"no {address}; got {self.events[-8:]}")
+
+    def close(self) -> None:
+        self.port.close()
+
+
+def test_session_over_midi_socket_port(app, tmp_path):
+    project = tmp_path / "proj"
+    project.mkdir()
+    c = MidiClient(app.midi_tcp.port)
+    try:
+        c.send(encode_sysex(CMD_OPEN, f"{project}\ngeneric"))
+        c.send(encode_sysex(CMD_TEMPO, "96"))
+        c.send(encode_sysex(CMD_SECTION, "v1 verse 0 16"))
+        c.send(encode_sysex(CMD_LYRICS_FOR, "v1\nhello from the keys\nover socket lines"))
+        c.send(mido.Message("program_change", channel=CONTROL_CHANNEL, program=3))  # chorus for new sections
+        c.cc(21, 2)  # two bars
+        c.send(mido.Message("songpos", pos=64))  # 64 sixteenths = beat 16, the end of v1
+        c.send(encode_sysex(CMD_LYRICS, "la la la chorus"))  # lyrics of the section at the position (created)
+        c.cc(23, 1)
+        c.cc(24, 2)  # seed 130
+        c.note(36)  # continue from the song position: no song yet, so it generates there
+        first = c.until("/dr2/job/stem")
+        done = c.until("/dr2/job/done")
+        assert done[0] == first[0] and done[1] == 1
+        assert first[3] == 16.0 and Path(first[2]).is_file()
+        assert sf.info(first[2]).duration == pytest.approx(8 * 60 / 96, abs=0.21)  # 2 bars of 4/4 at 96 bpm
+
+        # clock: start at 0, 96 ticks = 4 beats -> inside the new section (beat 16..24)? no: still v1
+        c.send(mido.Message("start"))
+        for _ in range(24 * 18):  # 18 beats -> inside the chorus section created at beat 16
+            c.send(mido.Message("clock"))
+        c.send(mido.Message("stop"))
+        c.note(37)  # regenerate the section under the position
+        stem = c.until("/dr2/job/stem")
+        assert c.until("/dr2/job/done")[0] == stem[0]
+        assert stem[3] == pytest.approx(16.0)  # the section starts the song: no crossfade before it
+
+        session = app.bridge.require_session()
+        assert session.sections["midi-2"].kind == "chorus" and session.lyrics["midi-2"] == ["la la la chorus"]
+        manifest = json.loads((project / "dr2studio.json").read_text(encoding="utf-8"))
+        assert [t["kind"] for t in manifest["takes"]] == ["generate", "infill"]
+        assert manifest["takes"][0]["seed"] == 130 and manifest["takes"][0]["position_beats"] == 16.0
+
+        # hostile MIDI: bad SysEx payload, unknown command, bad program, and the port still works
+        c.send(mido.Message("sysex", data=[0x7D, CMD_LYRICS, 0x21, 0x21]))
+        assert "base64" in c.until("/dr2/error")[1]
+        c.send(encode_sysex(0x55, "x"))
+        assert "unknown dr2 SysEx" in c.until("/dr2/error")[1]
+        c.send(mido.Message("program_change", channel=CONTROL_CHANNEL, program=99))
+        assert "not a section kind" in c.until("/dr2/error")[1]
+        c.cc(20, 9)
+        c.note(37)
+        assert "section index 9" in c.until("/dr2/error")[1]
+        c.send(mido.Message("note_on", channel=0, note=36, velocity=100))  # other channels are ignored
+        c.cc(20, 0)
+        c.send(encode_sysex(CMD_TEMPO, "120"))
+        c.note(38)  # cancel with nothing running: harmless
+        time.sleep(0.2)
+        assert app.bridge.require_session().bpm == 120.0
+    finally:
+        c.close()
+
+
+def test_midi_file_by_osc_and_by_watch_folder(app, tmp_path):
+    from pythonosc.osc_message import OscMessage
+    from pythonosc.osc_message_builder import build_msg
+    import socket
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(TIMEOUT)
+
+    def send(address, *args):
+        sock.sendto(build_msg(address, list(args)).dgram, ("127.0.0.1", app.osc.udp_port))
+
+    def until(address, first=None):
+        while True:
+            m = OscMessage(sock.recv(65535))
+            if m.address == address and (first is None or m.params[0] == first):
+                return list(m.params)
+
+    try:
+        send("/dr2/subscribe")
+        send("/dr2/session/open", str(project), "generic")
+        _midi_file(project / "plan.mid")
+        send("/dr2/midi/file", "plan.mid")
+        until("/dr2/ack", "/dr2/midi/file")
+        session = app.bridge.require_session()
+        assert session.bpm == pytest.approx(100.0) and session.timesig == (3, 4)
+        assert session.lyrics["verse-1"] == ["Hello world", "你好世界"]
+        send("/dr2/midi/file", "../plan.mid")
+        assert "outside the project" in until("/dr2/error", "/dr2/midi/file")[1]
+
+        # a file dropped into the watch folder with a generate cue renders a whole song
+        _midi_file(tmp_path / "staging.mid", cues=("generate",))
+        (tmp_path / "staging.mid").rename(app.watch.folder / "dropped.mid")
+        stem = until("/dr2/job/stem")
+        assert stem[0].startswith("watch-dropped-")
+        assert until("/dr2/job/done", stem[0])[1] == 1
+        assert sf.info(stem[2]).duration == pytest.approx(16 * 60 / 100, abs=0.21)
+        (app.watch.folder / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+        assert "broken.mid" in until("/dr2/error")[0]
+    finally:
+        sock.close()
+
+
+def test_virtual_port_or_clear_error(app):
+    from dr2studio.bridge.midi import open_virtual_port
+    from dr2studio.bridge.session import BridgeError
+
+    try:
+        port = open_virtual_port(app.midi, "dr2-test")
+    except BridgeError as exc:
+        assert "--midi-tcp" in str(exc)
+        pytest.skip(f"no virtual MIDI ports on this machine: {exc}")
+    else:
+        port.close()

@@ -1,0 +1,328 @@
+"""OSC bridge over real loopback sockets, driving a tiny model: a full DAW session, hostile input,
+TCP framings, concurrent clients, cancellation and idempotent job ids."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import build_msg
+from pythonosc.tcp_client import SimpleTCPClient
+
+from dr2studio.bridge import BridgeApp, BridgeOptions
+from dr2studio.engine import LocalEngine
+
+TIMEOUT = 120.0
+
+
+class UdpClient:
+    """A DAW-like OSC client: sends from one socket and receives replies on it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(TIMEOUT)
+        self.log: list[tuple[str, list]] = []
+
+    def send(self, address: str, *args) -> None:
+        self.sock.sendto(build_msg(address, list(args)).dgram, ("127.0.0.1", self.port))
+
+    def raw(self, data: bytes) -> None:
+        self.sock.sendto(data, ("127.0.0.1", self.port))
+
+    def until(self, address: str, first: object = None, timeout: float = TIMEOUT) -> list:
+        """Read replies until ``address`` (with first argument ``first``); return its arguments."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            msg = OscMessage(self.sock.recv(65535))
+            self.log.append((msg.address, list(msg.params)))
+            if msg.address == address and (first is None or msg.params[0] == first):
+                return list(msg.params)
+        raise TimeoutError(f"no {address} {first} in {self.log[-10:]}")
+
+    def job(self, job_id: str) -> list[tuple[str, list]]:
+        """Wait for the job to end; return all its events."""
+        end = time.monotonic() + TIMEOUT
+        while time.monotonic() < end:
+            msg = OscMessage(self.sock.recv(65535))
+            self.log.append((msg.address, list(msg.params)))
+            if msg.address in ("/dr2/job/done", "/dr2/job/error") and msg.params[0] == job_id:
+                return [(a, p) for a, p in self.log if a.startswith("/dr2/job/") and p and p[0] == job_id]
+        raise TimeoutError(job_id)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from dr2studio.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model):
+    style = torch.randn(512, generator=torch.Generator().manual_seed(1))
+    engine = LocalEngine(str(tiny_model), style_embedding=style)
+    bridge_app = BridgeApp(engine, BridgeOptions(osc_port=0, steps=2, max_pending=3), style_embedding=style)
+    yield bridge_app
+    bridge_app.close()
+
+
+@pytest.fixture()
+def client(app):
+    c = UdpClient(app.osc.udp_port)
+    c.send("/dr2/subscribe")
+    c.send("/dr2/session/close")  # each test starts without a session
+    c.until("/dr2/ack", "/dr2/session/close")
+    yield c
+    c.send("/dr2/unsubscribe")
+    c.close()
+
+
+@pytest.fixture()
+def project(tmp_path):
+    p = tmp_path / "My Song Project"
+    (p / "Ableton Project Info").mkdir(parents=True)
+    return p
+
+
+def _stems(events):
+    return [args for address, args in events if address == "/dr2/job/stem"]
+
+
+def test_full_session_writes_stems_and_manifest(client, project):
+    client.send("/dr2/ping")
+    assert client.until("/dr2/pong")[0]
+    client.send("/dr2/session/open", str(project), "ableton")
+    client.send("/dr2/song/tempo", 120.0)
+    client.send("/dr2/song/timesig", 4, 4)
+    client.send("/dr2/section/define", "verse1", "verse", 0.0, 8.0)
+    client.send("/dr2/section/define", "chorus1", "chorus", 8.0, 8.0)
+    client.send("/dr2/section/define", "bridge1", "bridge", 16.0, 8.0)
+    client.send("/dr2/lyrics/set", "verse1", "[00:01.00]hello there my friend\nwe walk the line")
+    chorus = "sing it loud\nsing it clear\nall night long"
+    for seq, part in enumerate((chorus[:10], chorus[10:25], chorus[25:])):
+        client.send("/dr2/lyrics/chunk", "chorus1", seq, 3, part)
+    (project / "bridge.lrc").write_text("[ar:someone]\n[00:20.00]over the bridge\n[00:22.00]and back again\n", encoding="utf-8")
+    client.send("/dr2/lyrics/file", "bridge1", "bridge.lrc")
+    client.send("/dr2/session/state")
+    state = json.loads(client.until("/dr2/session/state")[0])
+    assert state["lyrics"] == {"verse1": "hello there my friend\nwe walk the line", "chorus1": chorus,
+                               "bridge1": "over the bridge\nand back again"}
+    assert [s["sec_id"] for s in state["sections"]] == ["verse1", "chorus1", "bridge1"]
+
+    client.send("/dr2/gen/song", "song1", 0.0, 11)
+    events = client.job("song1")
+    kinds = [a for a, _ in events]
+    assert kinds[0] == "/dr2/job/accepted" and kinds[-1] == "/dr2/job/done"
+    progress = [p[1] for a, p in events if a == "/dr2/job/progress"]
+    assert progress and progress == sorted(progress)
+    (stem,) = _stems(events)
+    assert stem[1] == "mix" and stem[3] == 0.0 and stem[5] == 48000
+    song_file = Path(stem[2])
+    assert song_file.is_file() and song_file.parent == project / "Samples" / "Imported" / "dr2" / "song1"
+    song_seconds = sf.info(song_file).duration
+    assert 0 < song_seconds <= 12.0 + 1e-6  # 24 beats at 120 bpm
+
+    client.send("/dr2/gen/continue", "cont1", 2 * song_seconds, 8.0, "chorus1", 12)  # from the song's end
+    events = client.job("cont1")
+    assert events[-1][0] == "/dr2/job/done", events
+    (stem,) = _stems(events)
+    # the continuation starts at the splice (the crossfade before the old end), placed on the timeline
+    assert stem[3] == pytest.approx(2 * (song_seconds - 0.25)) and stem[4] == pytest.approx(song_seconds - 0.25)
+    assert sf.info(stem[2]).duration == pytest.approx(4.0 + 0.25, abs=0.21)
+
+    client.send("/dr2/gen/regenerate", "regen1", "chorus1", 99)
+    events = client.job("regen1")
+    assert events[-1] == ("/dr2/job/done", ["regen1", 1]), events
+    (stem,) = _stems(events)
+    assert stem[3] == pytest.approx(8.0 - 0.5) and sf.info(stem[2]).duration == pytest.approx(4.0 + 0.5, abs=1e-3)
+
+    manifest = json.loads((project / "dr2studio.json").read_text(encoding="utf-8"))
+    takes = {t["job"]: t for t in manifest["takes"]}
+    assert set(takes) == {"song1", "cont1", "regen1"}
+    assert takes["regen1"]["kind"] == "infill" and takes["regen1"]["seed"] == 99
+    assert takes["song1"]["seed"] == 11 and "[chorus]\nsing it loud" in takes["song1"]["lyrics"]
+    for t in takes.values():
+        assert (project / t["files"]["mix"]).is_file()
+    client.send("/dr2/session/state")
+    state = json.loads(client.until("/dr2/session/state")[0])
+    assert state["song_seconds"] == pytest.approx(song_seconds - 0.25 + 4.25, abs=0.21)  # continue was committed
+
+
+def test_hostile_input_is_answered_and_server_keeps_serving(client, project, tmp_path, app):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("do not read", encoding="utf-8")
+
+    def error_for(address: str) -> str:
+        args = client.until("/dr2/error", address, timeout=15)
+        return args[1]
+
+    client.send("/dr2/gen/song", "early")
+    assert "no session" in error_for("/dr2/gen/song")
+    client.send("/dr2/not/a/thing", 1, "x")
+    assert "unknown address" in error_for("/dr2/not/a/thing")
+    client.send("/dr2/song/tempo", "fast")
+    assert "argument 1 must be 'f'" in error_for("/dr2/song/tempo")
+    client.send("/dr2/section/define", "v", "verse")
+    assert "takes ssff" in error_for("/dr2/section/define")
+    client.raw(b"\x00\x01garbage that is not OSC")
+    assert "not an OSC message" in error_for("<packet>")
+    client.raw(b"/dr2/ping\x00\x00\x00,s\x00\x00\xff\xff\xff\xff")  # truncated string argument
+    assert error_for("<packet>")
+    client.raw(build_msg("/dr2/lyrics/set", ["v", "x" * 40_000]).dgram)  # bigger than the UDP limit
+    assert "exceeds" in error_for("<packet>")
+
+    client.send("/dr2/session/open", str(tmp_path / "nope"), "ableton")
+    assert "does not exist" in error_for("/dr2/session/open")
+    client.send("/dr2/session/open", "relative/path", "ableton")
+    assert "absolute" in error_for("/dr2/session/open")
+    client.send("/dr2/session/open", str(project), "protools")
+    assert "daw" in error_for("/dr2/session/open")
+    client.send("/dr2/session/open", str(project), "ableton")
+    client.until("/dr2/ack", "/dr2/session/open")
+    client.send("/dr2/song/tempo", 5000.0)
+    assert "20..999" in error_for("/dr2/song/tempo")
+    client.send("/dr2/section/define", "../../etc", "verse", 0.0, 4.0)
+    assert "section id" in error_for("/dr2/section/define")
+    client.send("/dr2/section/define", "v1", "polka", 0.0, 4.0)
+    assert "section kind" in error_for("/dr2/section/define")
+    for path in ("../outside/secret.txt", str(outside / "secret.txt")):
+        client.send("/dr2/lyrics/file", "v1", path)
+        assert "outside the project" in error_for("/dr2/lyrics/file")
+    os.symlink(outside / "secret.txt", project / "link.txt")
+    client.send("/dr2/lyrics/file", "v1", "link.txt")
+    assert "outside the project" in error_for("/dr2/lyrics/file")
+    client.send("/dr2/lyrics/chunk", "v1", 5, 3, "x")
+    assert "seq" in error_for("/dr2/lyrics/chunk")
+    client.send("/dr2/lyrics/chunk", "v1", 0, 100_000, "x")
+    assert "total" in error_for("/dr2/lyrics/chunk")
+    client.send("/dr2/gen/song", "../../evil", 4.0)
+    assert "job id" in error_for("/dr2/gen/song")
+    client.send("/dr2/gen/regenerate", "r1", "missing", 1)
+    assert "unknown section" in error_for("/dr2/gen/regenerate")
+    client.send("/dr2/gen/cancel", "never-submitted")
+    assert "not queued or running" in error_for("/dr2/gen/cancel")
+    client.send("/dr2/fx/preset", "mix", "../../etc/passwd")
+    assert "preset name" in error_for("/dr2/fx/preset")
+
+    # huge lyrics over TCP (no datagram limit there) hit the per-section limit instead
+    with SimpleTCPClient("127.0.0.1", app.osc.tcp_port, mode="1.0") as tcp:
+        tcp.send_message("/dr2/lyrics/set", ["v1", "la " * 20_000])
+        reply = next(m for m in tcp.get_messages(TIMEOUT) if m.address == "/dr2/error")
+        assert reply.params[0] == "/dr2/lyrics/set" and "limit per section" in reply.params[1]
+
+    # a job whose output folder is a link out of the project fails and writes nothing outside
+    client.send("/dr2/section/define", "v1", "verse", 0.0, 4.0)
+    (project / "Samples").symlink_to(outside, target_is_directory=True)
+    client.send("/dr2/gen/song", "escape1", 2.0)
+    events = client.job("escape1")
+    assert events[-1][0] == "/dr2/job/error" and events[-1][1][1] == 403 and "outside the project" in events[-1][1][2]
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert not (project / "dr2studio.json").exists()
+
+    client.send("/dr2/ping")
+    assert client.until("/dr2/pong")
+
+
+def test_tcp_framings_bundles_and_concurrent_clients(app, client, project):
+    client.send("/dr2/session/open", str(project), "generic")
+    client.until("/dr2/ack", "/dr2/session/open")
+    # OSC 1.1 (SLIP) and OSC 1.0 (length prefix) over TCP, replies in the client's framing
+    for mode in ("1.1", "1.0"):
+        with SimpleTCPClient("127.0.0.1", app.osc.tcp_port, mode=mode) as tcp:
+            tcp.send_message("/dr2/ping", [])
+            assert next(m for m in tcp.get_messages(TIMEOUT) if m.address == "/dr2/pong").params
+            tcp.send_message("/dr2/bogus", [])
+            assert next(m for m in tcp.get_messages(TIMEOUT) if m.address == "/dr2/error").params[0] == "/dr2/bogus"
+    # an oversize length prefix is refused and the connection closed, the server lives on
+    with socket.create_connection(("127.0.0.1", app.osc.tcp_port), timeout=TIMEOUT) as raw:
+        raw.sendall(struct.pack("!I", 50_000_000))
+        data = raw.recv(65536)
+        assert b"/dr2/error" in data and b"exceeds" in data
+    # a bundle with a far-future time tag is handled at once (strict_timing=False)
+    bundle = OscBundleBuilder(IMMEDIATELY)
+    bundle._timestamp = time.time() + 3600
+    bundle.add_content(build_msg("/dr2/song/tempo", [97.0]))
+    bundle.add_content(build_msg("/dr2/ping", []))
+    t0 = time.monotonic()
+    client.raw(bundle.build().dgram)
+    client.until("/dr2/pong")
+    assert time.monotonic() - t0 < 5
+
+    results: dict[int, bool] = {}
+
+    def pinger(n: int) -> None:
+        c = UdpClient(app.osc.udp_port)
+        try:
+            for _ in range(10):
+                c.send("/dr2/ping")
+                c.until("/dr2/pong", timeout=20)
+            results[n] = True
+        finally:
+            c.close()
+
+    def tcp_pinger(n: int) -> None:
+        with SimpleTCPClient("127.0.0.1", app.osc.tcp_port) as tcp:
+            for _ in range(10):
+                tcp.send_message("/dr2/ping", [])
+                assert next(m for m in tcp.get_messages(20) if m.address == "/dr2/pong")
+        results[n] = True
+
+    threads = [threading.Thread(target=pinger, args=(n,)) for n in range(6)]
+    threads += [threading.Thread(target=tcp_pinger, args=(n,)) for n in range(6, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {n: True for n in range(10)}
+
+
+def test_cancel_idempotent_ids_and_busy_queue(client, project):
+    client.send("/dr2/session/open", str(project), "reaper")
+    (project / "song.rpp").write_text('<REAPER_PROJECT\n  RECORD_PATH "Audio" ""\n>\n', encoding="utf-8")
+    client.send("/dr2/section/define", "v1", "verse", 0.0, 8.0)
+    client.send("/dr2/lyrics/set", "v1", "one two three")
+    client.send("/dr2/gen/song", "short", 2.0, 1)
+    events = client.job("short")
+    (stem,) = _stems(events)
+    assert Path(stem[2]).parent == project / "Audio" / "dr2" / "short"  # Reaper's media folder from the .rpp
+
+    # the same id again: re-announced and replayed, not rendered twice
+    client.log.clear()
+    client.send("/dr2/gen/song", "short", 2.0, 1)
+    replay = client.job("short")
+    assert [a for a, _ in replay] == ["/dr2/job/accepted", "/dr2/job/stem", "/dr2/job/done"]
+    assert len(json.loads((project / "dr2studio.json").read_text())["takes"]) == 1
+
+    # a long job cancelled while it runs: error 499, no take folder, the next job still works
+    client.send("/dr2/gen/song", "long", 300.0)
+    client.until("/dr2/job/progress", "long")
+    client.send("/dr2/gen/cancel", "long")
+    events = client.job("long")
+    assert events[-1][0] == "/dr2/job/error" and events[-1][1][1] == 499
+    assert not (project / "Audio" / "dr2" / "long").exists()
+
+    # the queue is bounded: with one running and three waiting, the next is refused
+    ids = [f"q{i}" for i in range(5)]
+    for job_id in ids:
+        client.send("/dr2/gen/song", job_id, 120.0)
+    busy = client.until("/dr2/error", "/dr2/gen/song")
+    assert "waiting" in busy[1]
+    for job_id in ids:
+        client.send("/dr2/gen/cancel", job_id)
+    client.send("/dr2/gen/song", "after", 2.0)
+    assert client.job("after")[-1][0] == "/dr2/job/done"
