@@ -19,7 +19,18 @@ _EXPORTS: dict[str, str] = {
     "sample_latents": "dr2studio.flow.sampler",
     # music VAE
     "load_decoder": "dr2studio.models.bigvgan",
+    "save_decoder": "dr2studio.models.bigvgan",
+    "load_encoder": "dr2studio.models.encoder",
+    "save_encoder": "dr2studio.models.encoder",
     "encode_audio": "dr2studio.vae.encode",
+    # lyrics and style
+    "parse_lyrics": "dr2studio.lyrics",
+    "encode_lyrics": "dr2studio.lyrics",
+    "load_vocab": "dr2studio.lyrics",
+    "load_style_encoder": "dr2studio.style",
+    "style_embedding": "dr2studio.style",
+    # engine
+    "LocalEngine": "dr2studio.engine",
     # studio
     "Studio": "dr2studio.studio",
     "Song": "dr2studio.studio",
