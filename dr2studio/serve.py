@@ -14,8 +14,9 @@ Inside the cluster the same stream is a handle call: ``handle.options(stream=Tru
 
 ``serve run dr2studio.serve:build_app model=/path/to/model num_replicas=2 num_gpus=1`` works too
 (the builder takes the same keys as :func:`build_app`).
+
+No ``from __future__ import annotations`` here: FastAPI reads the route annotations at runtime.
 """
-from __future__ import annotations
 
 import asyncio
 import base64
