@@ -326,3 +326,50 @@ def test_cancel_idempotent_ids_and_busy_queue(client, project):
         client.send("/dr2/gen/cancel", job_id)
     client.send("/dr2/gen/song", "after", 2.0)
     assert client.job("after")[-1][0] == "/dr2/job/done"
+
+
+def test_cli_bridge_serves_until_sigterm(tiny_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from dr2studio.style.embedding import save_style_embedding
+
+    style = save_style_embedding(torch.randn(512, generator=torch.Generator().manual_seed(4)), tmp_path / "style.npy")
+    project = tmp_path / "proj"
+    project.mkdir()
+    cmd = [sys.executable, "-m", "dr2studio.cli", "bridge", "--model", str(tiny_model), "--osc-port", "0",
+           "--style-embedding", str(style), "--steps", "2", "--project", str(project), "--daw", "generic"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["host"] == "127.0.0.1" and info["osc_tcp"] == info["osc_udp"]
+        c = UdpClient(info["osc_udp"])
+        c.send("/dr2/subscribe")
+        c.send("/dr2/section/define", "v1", "verse", 0.0, 4.0)
+        c.send("/dr2/gen/song", "cli1", 2.0)
+        events = c.job("cli1")
+        assert events[-1] == ("/dr2/job/done", ["cli1", 1])
+        assert (project / "dr2" / "cli1" / "mix.wav").is_file()
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "bridge stopped" in err
+
+
+def test_cli_bridge_errors_are_one_line():
+    from click.testing import CliRunner
+
+    from dr2studio.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["bridge"])
+    assert result.exit_code == 1 and "exactly one of --model" in result.output
+    result = runner.invoke(main, ["bridge", "--engine", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and "cannot reach dr2studio serve" in result.output
+    result = runner.invoke(main, ["bridge", "--engine", "ftp://x"])
+    assert result.exit_code == 1 and "http://" in result.output
+    result = runner.invoke(main, ["serve", "--model", "/no/such/model"])
+    assert result.exit_code == 1 and "no such model directory" in result.output

@@ -52,7 +52,8 @@ class BridgeJob:
 
 def _job_seed(kind: str, song: Any) -> int | None:
     """The seed this job actually used (the request may have left it to chance)."""
-    edits = song.settings.get("edits") or [] if isinstance(getattr(song, "settings", None), dict) else []
+    settings = getattr(song, "settings", None)
+    edits = (settings.get("edits") or []) if isinstance(settings, dict) else []
     if kind != "generate" and edits and "seed" in edits[-1]:
         return int(edits[-1]["seed"])
     return getattr(song, "seed", None)

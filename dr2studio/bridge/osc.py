@@ -34,7 +34,7 @@ from dr2studio.bridge.session import BridgeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OscServer", "ROUTES", "DEFAULT_PORT", "encode_message"]
+__all__ = ["OscServer", "DEFAULT_PORT", "encode_message"]
 
 DEFAULT_PORT = 7100
 MAX_UDP_BYTES = 32 * 1024
@@ -147,10 +147,6 @@ def _routes(server: "OscServer") -> dict[str, _Route]:
     }
 
 
-#: The address table (for documentation and tests): address -> (required types, optional types, meaning).
-ROUTES: dict[str, tuple[str, str, str]] = {}
-
-
 class _Sender:
     """Where one request came from: a UDP address or a TCP connection."""
 
@@ -177,7 +173,6 @@ class OscServer:
         self.max_udp_bytes, self.max_tcp_bytes = max_udp_bytes, max_tcp_bytes
         self.midi_import: Callable[[str], Any] | None = None
         self._routes = _routes(self)
-        ROUTES.update({a: (r.required, r.optional, r.doc) for a, r in self._routes.items()})
         self.dispatcher = Dispatcher(strict_timing=False)
         for address, route in self._routes.items():
             self.dispatcher.map(address, self._invoke, route, needs_reply_address=True)
@@ -190,6 +185,10 @@ class OscServer:
         self._tcp = _TcpServer((host, self._udp.server_address[1] if port == 0 else port), self) if tcp else None
         self._threads: list[threading.Thread] = []
         bridge.add_sink(self._broadcast)
+
+    def address_table(self) -> dict[str, tuple[str, str, str]]:
+        """Every request address: ``(required OSC types, optional types, meaning)``."""
+        return {a: (r.required, r.optional, r.doc) for a, r in sorted(self._routes.items())}
 
     @property
     def host(self) -> str:
