@@ -165,6 +165,10 @@ class Job:
         with self._lock:
             self._listeners.append(callback)
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the job ends (or ``timeout``); ``True`` when it has ended."""
+        return self._finished.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> Any:
         """Return the resulting song; raise :class:`JobCancelled` / :class:`JobError` otherwise."""
         if not self._finished.wait(timeout):
@@ -399,6 +403,10 @@ class _QueueEngine:
 
     def close(self) -> None:
         self._queue.close()
+
+    def pending(self) -> int:
+        """Jobs queued or running right now."""
+        return sum(1 for j in self._queue.jobs() if not j.finished)
 
     def __enter__(self):
         return self

@@ -89,9 +89,8 @@ class Dr2Deployment:
     @app.get("/v1/health")
     def health(self) -> dict[str, Any]:
         studio = self.engine.studio
-        waiting = [j for j in self.engine._queue.jobs() if not j.finished]
         return {"model": str(self.model), "version": __version__, "sample_rate": studio.sample_rate,
-                "fingerprint": studio.fingerprint, "queue": len(waiting)}
+                "fingerprint": studio.fingerprint, "queue": self.engine.pending()}
 
     @app.post("/v1/jobs")
     async def jobs(self, request: Request) -> StreamingResponse:

@@ -348,7 +348,7 @@ class Bridge:
 
         engine_id = f"{job.id}-{uuid.uuid4().hex[:8]}"
         ejob = self.engine.submit(plan["request"], song=plan["song"], job_id=engine_id, on_event=forward)
-        while not ejob._finished.wait(0.05):
+        while not ejob.join(0.05):
             if ctx.cancelled:
                 self.engine.cancel(engine_id)
         ctx.check()
