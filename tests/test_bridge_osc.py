@@ -373,3 +373,71 @@ def test_cli_bridge_errors_are_one_line():
     assert result.exit_code == 1 and "http://" in result.output
     result = runner.invoke(main, ["serve", "--model", "/no/such/model"])
     assert result.exit_code == 1 and "no such model directory" in result.output
+
+
+def test_session_survives_a_bridge_restart(app, project):
+    first = UdpClient(app.osc.udp_port)
+    first.send("/dr2/subscribe")
+    first.send("/dr2/session/open", str(project), "ableton")
+    first.send("/dr2/song/tempo", 90.0)
+    first.send("/dr2/section/define", "v1", "verse", 0.0, 6.0)
+    first.send("/dr2/section/define", "c1", "chorus", 6.0, 6.0)
+    first.send("/dr2/lyrics/set", "v1", "remember me")
+    first.send("/dr2/gen/song", "before", 0.0, 3)
+    assert first.job("before")[-1][0] == "/dr2/job/done"
+    first.send("/dr2/session/state")
+    before = json.loads(first.until("/dr2/session/state")[0])
+    first.close()
+
+    # a second bridge (as after a restart) on the same project picks up sections, lyrics and the song
+    second = BridgeApp(app.engine, BridgeOptions(osc_port=0, steps=2), own_engine=False)
+    c = UdpClient(second.osc.udp_port)
+    try:
+        c.send("/dr2/subscribe")
+        c.send("/dr2/session/open", str(project), "ableton")
+        c.send("/dr2/session/state")
+        after = json.loads(c.until("/dr2/session/state")[0])
+        assert after == before and after["bpm"] == 90.0 and after["song_seconds"] > 0
+        restored = second.bridge.require_session().song
+        torch.testing.assert_close(restored.audio, app.bridge.require_session().song.audio, rtol=0, atol=0)
+        c.send("/dr2/gen/continue", "after", after["song_seconds"] * 1.5, 6.0, "c1")
+        events = c.job("after")
+        assert events[-1][0] == "/dr2/job/done", events
+        c.send("/dr2/song/clear")
+        c.until("/dr2/ack", "/dr2/song/clear")
+        c.send("/dr2/gen/regenerate", "nothing", "v1", 1)
+        assert "nothing to regenerate" in c.until("/dr2/error", "/dr2/gen/regenerate")[1]
+    finally:
+        c.close()
+        second.close()
+
+
+def test_separated_stems_at_the_project_rate(app, project):
+    from torchaudio.models import HDemucs
+
+    from dr2studio.audio.stems import Separator
+
+    torch.manual_seed(0)
+    small = HDemucs(sources=["drums", "bass", "other", "vocals"], channels=4, growth=2, nfft=4096, depth=6)
+    options = BridgeOptions(osc_port=0, steps=2, stem_options={
+        "separate": True, "separator": Separator(small, segment_s=6.0, overlap_s=0.5), "sample_rate": 44100})
+    second = BridgeApp(app.engine, options, own_engine=False)
+    c = UdpClient(second.osc.udp_port)
+    try:
+        c.send("/dr2/subscribe")
+        c.send("/dr2/session/open", str(project), "generic")
+        c.send("/dr2/section/define", "v1", "verse", 0.0, 4.0)
+        c.send("/dr2/fx/preset", "vocals", "broadcast")
+        c.send("/dr2/gen/song", "sep1", 2.0)
+        events = c.job("sep1")
+        assert events[-1] == ("/dr2/job/done", ["sep1", 5]), events
+        stems = {s[1]: s for s in _stems(events)}
+        assert set(stems) == {"mix", "drums", "bass", "other", "vocals"}
+        for stem in stems.values():
+            assert stem[5] == 44100 and sf.info(stem[2]).samplerate == 44100
+            assert sf.info(stem[2]).duration == pytest.approx(2.0, abs=1e-3)
+        take = json.loads((project / "dr2studio.json").read_text())["takes"][-1]
+        assert len(take["files"]) == 5 and take["settings"]["fx"]["vocals"] == "broadcast"
+    finally:
+        c.close()
+        second.close()

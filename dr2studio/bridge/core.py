@@ -21,6 +21,7 @@ from typing import Any, Callable
 from dr2studio import __version__
 from dr2studio.bridge.deliver import changed_region, crop_song, deliver_take, song_region
 from dr2studio.bridge.paths import PathError, check_name, read_text_inside
+from dr2studio.bridge.persist import clear_song, restore_session, save_session
 from dr2studio.bridge.session import DAWS, BridgeError, Session
 from dr2studio.engine import Engine, Job, JobCancelled, JobContext, JobError, JobEvent, JobQueue, JobRequest, QueueFull
 
@@ -143,15 +144,40 @@ class Bridge:
         if self.project_roots is not None and not any(root == r or r in root.parents for r in self.project_roots):
             raise BridgeError(f"project folder {root} is outside the allowed roots {', '.join(map(str, self.project_roots))}", 403)
         with self._lock:
-            self.session = Session(project=root, daw=daw)
+            self._save_quietly()
+            session = Session(project=root, daw=daw)
+            restored = restore_session(session)
+            self.session = session
             self._takes.clear()
             self._last_take = None
-        log.info("session opened: %s (%s)", root, daw)
-        return self.session
+        log.info("session %s: %s (%s)", "restored" if restored else "opened", root, daw)
+        return session
 
     def close_session(self) -> None:
         with self._lock:
+            self._save_quietly()
             self.session = None
+
+    def clear_song(self) -> None:
+        """Start the song over: later jobs no longer continue the committed song."""
+        with self._lock:
+            clear_song(self.require_session())
+
+    def _persist(self, session: Session) -> None:
+        """Save the committed song; a failure is reported but does not undo the take."""
+        try:
+            save_session(session)
+        except (BridgeError, OSError, ValueError) as exc:
+            log.warning("could not save the session in %s: %s", session.project, exc)
+            self.emit("/dr2/error", "/dr2/session/save", f"the take is written but the session could not be saved: {exc}")
+
+    def _save_quietly(self) -> None:
+        if self.session is None:
+            return
+        try:
+            save_session(self.session, song=False)
+        except (BridgeError, OSError) as exc:
+            log.warning("could not save the session state in %s: %s", self.session.project, exc)
 
     def set_tempo(self, bpm: float) -> None:
         with self._lock:
@@ -223,6 +249,7 @@ class Bridge:
             if job_id is None or job_id not in self._takes:
                 raise BridgeError(f"no uncommitted take {job_id!r} to commit", 404)
             session.song, session.origin_beats = self._takes.pop(job_id)
+            self._persist(session)
             return job_id
 
     # -------------------------------------------------------------------- jobs
@@ -264,6 +291,8 @@ class Bridge:
 
     def close(self) -> None:
         self._queue.close()
+        with self._lock:
+            self._save_quietly()
 
     # ------------------------------------------------------------- internals
     def _prepare(self, spec: BridgeJob, dry_run: bool = False) -> dict[str, Any]:
@@ -368,6 +397,7 @@ class Bridge:
             if self.session is session:
                 if session.autocommit:
                     session.song, session.origin_beats = song, plan["origin"]
+                    self._persist(session)
                 else:
                     self._takes[job_id] = (song, plan["origin"])
                 self._last_take = job_id

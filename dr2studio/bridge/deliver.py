@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,10 +88,21 @@ def changed_region(kind: str, song: Any) -> tuple[float, float | None]:
     return float(edit["start"]) - float(edit.get("crossfade_in", 0.0)), float(edit["end"]) + float(edit.get("crossfade_out", 0.0))
 
 
-def _load_separator(options: dict[str, Any]) -> Any:
-    from dr2studio.audio.stems import load_separator
+_SEPARATORS: dict[str | None, Any] = {}
+_SEPARATOR_LOCK = threading.Lock()
 
-    return load_separator(options.get("separator_weights"))
+
+def _load_separator(weights: str | None) -> Any:
+    """Hybrid Demucs, loaded once per weights file for the life of the bridge."""
+    from dr2studio.audio.stems import SeparationError, load_separator
+
+    with _SEPARATOR_LOCK:
+        if weights not in _SEPARATORS:
+            try:
+                _SEPARATORS[weights] = load_separator(weights)
+            except SeparationError as exc:
+                raise BridgeError(str(exc), 500) from exc
+        return _SEPARATORS[weights]
 
 
 def deliver_take(session: Session, job_id: str, region: tuple[torch.Tensor, int], *, position_beats: float,
@@ -116,7 +128,7 @@ def deliver_take(session: Session, job_id: str, region: tuple[torch.Tensor, int]
     sources: dict[str, torch.Tensor] = {"mix": audio}
     if separate:
         check()
-        sep = separator if separator is not None else _load_separator({"separator_weights": separator_weights})
+        sep = separator if separator is not None else _load_separator(separator_weights)
         sources.update(sep.separate(audio, rate))
     stems: dict[str, tuple[torch.Tensor, int]] = {}
     for name, stem_audio in sources.items():

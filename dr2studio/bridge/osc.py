@@ -125,6 +125,7 @@ def _routes(server: "OscServer") -> dict[str, _Route]:
         "/dr2/session/state": _Route("", "", lambda: ("/dr2/session/state", [json.dumps(b.require_session().describe())]),
                                      "reply /dr2/session/state s:json"),
         "/dr2/session/autocommit": _Route("i", "", lambda on: b.set_autocommit(bool(on)), "1: every take becomes the song (default)"),
+        "/dr2/song/clear": _Route("", "", b.clear_song, "forget the committed song (sections and lyrics stay)"),
         "/dr2/song/tempo": _Route("f", "", b.set_tempo, "bpm"),
         "/dr2/song/timesig": _Route("ii", "", b.set_timesig, "numerator, denominator"),
         "/dr2/song/style": _Route("s", "", b.set_style, "style prompt"),

@@ -66,11 +66,13 @@ def _engine(model: str | None, engine_url: str | None, device: str | None, style
 @click.option("--cfg", "cfg_strength", default=2.0, show_default=True, type=click.FloatRange(0, 50), help="Guidance strength.")
 @click.option("--preset", default="clean", show_default=True, help="Effect preset for stems (shipped name or .json).")
 @click.option("--separate", is_flag=True, help="Also write vocals/drums/bass/other stems (Hybrid Demucs).")
+@click.option("--separator-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Local Hybrid Demucs weights for --separate (default: torch hub cache / download).")
 @click.option("--sample-rate", type=click.IntRange(8000, 192000), help="Resample stems to the project's rate.")
 @click.option("--max-pending", default=8, show_default=True, type=click.IntRange(1, 1000), help="Jobs that may wait in the queue.")
 @click.option("--device", help="torch device for --model (default: cuda if available).")
 def bridge(model, engine_url, host, osc_port, no_osc_tcp, style_embedding, midi_port, midi_tcp, watch, project, daw,
-           projects_roots, steps, cfg_strength, preset, separate, sample_rate, max_pending, device) -> None:
+           projects_roots, steps, cfg_strength, preset, separate, separator_weights, sample_rate, max_pending, device) -> None:
     """Run the OSC (and optionally MIDI) bridge until Ctrl-C.
 
     \b
@@ -95,7 +97,8 @@ def bridge(model, engine_url, host, osc_port, no_osc_tcp, style_embedding, midi_
         host=host, osc_port=osc_port, osc_tcp=not no_osc_tcp, midi_port=midi_port, midi_tcp=midi_tcp, watch=watch,
         project=project, daw=daw, project_roots=list(projects_roots) or None, steps=steps, cfg_strength=cfg_strength,
         max_pending=max_pending,
-        stem_options={"preset": preset, "separate": separate, "sample_rate": sample_rate},
+        stem_options={"preset": preset, "separate": separate, "sample_rate": sample_rate,
+                      "separator_weights": str(separator_weights) if separator_weights else None},
     )
     try:
         app = BridgeApp(engine, options, style_embedding=style)
