@@ -46,7 +46,7 @@ def served(tmp_path_factory):
 
 
 def test_http_stream_handle_and_errors(served):
-    from dr2studio.engine import JobError, JobRequest, ServeEngine
+    from dr2studio.engine import JobCancelled, JobError, JobRequest, ServeEngine
 
     engine = ServeEngine(served["url"], concurrency=1)
     try:
@@ -77,6 +77,19 @@ def test_http_stream_handle_and_errors(served):
         # a failure on the replica reaches the caller as a job error (a region past the song's end)
         with pytest.raises(JobError, match="past the end of the song"):
             engine.submit(JobRequest(kind="infill", lyrics="[verse]\nx", start=10.0, end=20.0, steps=2), song=song).wait(180)
+        # cancelling closes the stream; the replica notices the disconnect and drops the job
+        def cancel_on_first_block(e):
+            if e.type == "progress" and e.stage == "sample":
+                engine.cancel(e.job_id)
+
+        long_job = engine.submit(JobRequest(kind="generate", lyrics="[verse]\nlong", duration=300.0, steps=2),
+                                 on_event=cancel_on_first_block)
+        with pytest.raises(JobCancelled):
+            long_job.wait(180)
+        deadline = time.monotonic() + 10  # the full 300 s render would take far longer
+        while engine.health()["queue"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert engine.health()["queue"] == 0
     finally:
         engine.close()
     with pytest.raises(JobError, match="cannot reach"):
