@@ -450,11 +450,14 @@ def song_from_bytes(blob: bytes) -> Any:
 
 # -------------------------------------------------------------------------------------------- local
 
-def _style_embedding(request: JobRequest, default: Any) -> Any:
+def _request_style(request: JobRequest, default: Any) -> Any:
+    """The request's embedding, else its text prompt, else the engine's default embedding."""
     if request.style_embedding is not None:
         import torch
 
         return torch.tensor(request.style_embedding, dtype=torch.float32)
+    if request.style:
+        return request.style
     return default
 
 
@@ -465,9 +468,7 @@ def run_studio_job(studio: Any, job: Job, ctx: JobContext, default_style: Any = 
     so a cancelled job stops at the next block boundary and returns nothing.
     """
     req = job.request
-    style = _style_embedding(req, default_style)
-    if style is None:
-        style = req.style
+    style = _request_style(req, default_style)
     offset = 0
 
     def on_progress(*args: Any, **kwargs: Any) -> None:
@@ -604,7 +605,7 @@ class ServeEngine(_QueueEngine):
 
     def _payload(self, job: Job) -> dict[str, Any]:
         request = job.request.to_dict()
-        if request.get("style_embedding") is None and self.style_embedding is not None:
+        if request.get("style_embedding") is None and not request.get("style") and self.style_embedding is not None:
             request["style_embedding"] = [float(v) for v in np.asarray(self.style_embedding).reshape(-1)]
         song = base64.b64encode(song_to_bytes(job.song)).decode("ascii") if job.song is not None else None
         return {"request": request, "song": song}

@@ -264,3 +264,13 @@ def test_consume_events_replays_a_stream(tiny_engine):
         consume_events([{"type": "error", "message": "out of memory"}], JobContext(job))
     with pytest.raises(JobError, match="before sending a result"):
         consume_events([{"type": "progress", "fraction": 0.1}], JobContext(job))
+
+
+def test_explicit_style_text_wins_over_the_default_embedding(tiny_engine):
+    import importlib.util
+
+    if importlib.util.find_spec("muq") is not None:
+        pytest.skip("MuQ-MuLan is installed; this checks the error path without it")
+    job = tiny_engine.submit(JobRequest(kind="generate", lyrics="[verse]\nhi", duration=2.0, steps=2, style="dreamy lofi"))
+    with pytest.raises(JobError, match="MuQ-MuLan"):
+        job.wait(60)
