@@ -20,17 +20,26 @@ __all__ = ["make_latent_dataset", "make_audio_manifest", "synthetic_example"]
 
 
 def synthetic_example(i: int, *, channels: int = 64, style_dim: int = 512, ssl_dim: int = 32, vocab: int = 300,
-                      min_frames: int = 12, max_frames: int = 40, num_styles: int = 4, seed: int = 0) -> Example:
-    """Song ``i``: latents ``[T, channels]`` oscillating at a style-dependent rate."""
+                      min_frames: int = 12, max_frames: int = 40, num_styles: int = 4, seed: int = 0,
+                      styles: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> Example:
+    """Song ``i``: latents ``[T, channels]`` oscillating at a rate set by its style ``i % num_styles``.
+
+    ``styles [num_styles, style_dim]`` and ``tokens [L]`` replace the random conditions, so a test can
+    use the vectors and ids of a real front end (a model's tag style encoder and phoneme table).
+    """
     g = torch.Generator().manual_seed(seed * 100_003 + i)
+    num_styles = styles.shape[0] if styles is not None else num_styles
     k = i % num_styles
     frames = int(torch.randint(min_frames, max_frames + 1, (1,), generator=g))
     t = torch.arange(frames, dtype=torch.float32)[:, None]
     phase = torch.linspace(0, math.pi, channels)[None]
     latents = 0.8 * torch.sin(2 * math.pi * t / (4 + 2 * k) + phase) + 0.05 * torch.randn(frames, channels, generator=g)
-    styles = torch.nn.functional.normalize(torch.randn(num_styles, style_dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+    if styles is None:
+        styles = torch.nn.functional.normalize(
+            torch.randn(num_styles, style_dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
     proj = torch.randn(channels, ssl_dim, generator=torch.Generator().manual_seed(seed + 1)) / math.sqrt(channels)
-    tokens = torch.randint(1, vocab, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g)
+    if tokens is None:
+        tokens = torch.randint(1, vocab, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g)
     return Example(id=f"smoke-{i:05d}", latents=latents, tokens=tokens, style=styles[k],
                    ssl={"smoke": torch.tanh(latents @ proj)}, language="en")
 
