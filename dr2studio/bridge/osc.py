@@ -154,10 +154,6 @@ class _Sender:
     def __init__(self, udp: tuple[str, int] | None = None, tcp: "_TcpConnection | None" = None) -> None:
         self.udp, self.tcp = udp, tcp
 
-    @property
-    def key(self) -> Any:
-        return self.tcp if self.tcp is not None else self.udp
-
 
 # --------------------------------------------------------------------------------------------- server
 
