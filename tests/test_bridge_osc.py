@@ -441,3 +441,57 @@ def test_separated_stems_at_the_project_rate(app, project):
     finally:
         c.close()
         second.close()
+
+
+_REAPER_MOCK = r'''
+placed, ext, tracks = {}, "", {}
+reaper = {
+  EnumProjects = function(i) return "proj", PROJECT_FILE end,
+  CountTracks = function() return #tracks end,
+  GetTrack = function(_, i) return tracks[i + 1] end,
+  InsertTrackAtIndex = function(i) tracks[i + 1] = {name = ""} end,
+  GetSetMediaTrackInfo_String = function(tr, k, v, set) if set then tr.name = v end return true, tr.name end,
+  PCM_Source_CreateFromFile = function(f) return {file = f} end,
+  AddMediaItemToTrack = function(tr) local item = {track = tr.name}; placed[#placed + 1] = item; return item end,
+  AddTakeToMediaItem = function(item) return {item = item} end,
+  SetMediaItemTake_Source = function(take, src) take.item.file = src.file end,
+  GetMediaSourceLength = function(src) return 1.0, false end,
+  SetMediaItemInfo_Value = function(item, k, v) item[k] = v end,
+  GetSetMediaItemTakeInfo_String = function(take, k, v, set) return true, v end,
+  GetProjExtState = function(_, s, k) return 1, ext end,
+  SetProjExtState = function(_, s, k, v) ext = v end,
+  Undo_BeginBlock = function() end, Undo_EndBlock = function() end,
+  PreventUIRefresh = function() end, UpdateArrange = function() end,
+  ShowMessageBox = function(m) error(m) end,
+}
+'''
+
+
+def test_reaper_import_script_places_the_takes(client, tmp_path):
+    """Runs the shipped ReaScript (Lua 5.4 via lupa) against a manifest the bridge wrote, with REAPER's
+    API stubbed: every stem lands on its track at the take's position, and only once."""
+    lupa = pytest.importorskip("lupa.lua54")
+    project = tmp_path / "reaper project"
+    project.mkdir()
+    (project / "song.rpp").write_text("<REAPER_PROJECT\n>\n", encoding="utf-8")
+    client.send("/dr2/session/open", str(project), "reaper")
+    client.send("/dr2/section/define", "v1", "verse", 0.0, 4.0)
+    client.send("/dr2/lyrics/set", "v1", '你好 "quoted" \\ back')
+    client.send("/dr2/gen/song", "r1", 2.0)
+    assert client.job("r1")[-1][0] == "/dr2/job/done"
+    client.send("/dr2/gen/continue", "r2", 4.0, 2.0, "v1")
+    assert client.job("r2")[-1][0] == "/dr2/job/done"
+    takes = json.loads((project / "dr2studio.json").read_text(encoding="utf-8"))["takes"]
+
+    lua = lupa.LuaRuntime()
+    lua.globals().PROJECT_FILE = str(project / "song.rpp")
+    lua.execute(_REAPER_MOCK)
+    script = (Path(__file__).resolve().parents[1] / "bridges" / "reaper" / "dr2_import_takes.lua").read_text(encoding="utf-8")
+    lua.execute(script)
+    placed = lua.globals().placed
+    items = [dict(placed[i].items()) for i in range(1, len(placed) + 1)]
+    assert [(i["track"], i["file"], i["D_POSITION"]) for i in items] == [
+        ("dr2 mix", str(project / t["files"]["mix"]), pytest.approx(t["position_seconds"])) for t in takes]
+    assert items[1]["D_POSITION"] > 0
+    lua.execute(script)  # already imported: nothing new
+    assert len(lua.globals().placed) == 2
