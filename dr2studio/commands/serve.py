@@ -68,3 +68,4 @@ def serve(model, replicas, num_gpus, num_cpus, host, port, address, style_embedd
                 ray_serve.shutdown()
         finally:
             ray.shutdown()
+            click.echo("serve stopped", err=True)
