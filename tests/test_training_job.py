@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def _free_port() -> int:
 def head_cluster(tmp_path):
     """A private head node (own ports, own temp dir), stopped by signalling its `--block` process."""
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_worker_niceness="0")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_worker_niceness="0",
+               RAY_AUTH_MODE="token")  # the default for new clusters; the client must say so too
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
     temp = Path("/tmp") / f"rayjob-{os.getpid()}"  # short: unix socket paths are length-limited
@@ -46,6 +48,8 @@ def head_cluster(tmp_path):
         while True:
             try:
                 urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # answering (401 with token auth on): it is up
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
