@@ -23,9 +23,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
     torch.set_num_threads(1)  # tiny models on a busy 2-core machine: extra threads only spin
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_worker_niceness", "0")  # Ray's default niceness 15 starves workers on a shared machine
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    mp.undo()
 
 
 # --------------------------------------------------------------------------- prepare_data
@@ -135,9 +138,9 @@ def test_block_fm_resumes_after_a_killed_worker_and_exports_a_studio_model(tmp_p
     first = load_dit(out, device="cpu").state_dict()
 
     # starting the same run again with more steps continues from its newest checkpoint
-    block_fm.main(args + ["--max-steps", "200", "--set", "checkpoint_every=100", "--set", "report_every=50"])
+    block_fm.main(args + ["--max-steps", "160", "--set", "checkpoint_every=80", "--set", "report_every=40"])
     steps = [m["step"] for m in common.read_metrics(cfg)]
-    assert steps[steps.index(30) + 1 :] == list(range(31, 201))
+    assert steps[steps.index(30) + 1 :] == list(range(31, 161))
     trained = load_dit(out, device="cpu").state_dict()
     assert any(not torch.equal(first[k], trained[k]) for k in first)
 
@@ -187,10 +190,10 @@ def test_cppo_smoke_trains_each_group_and_merges(tmp_path):
     states = []
     for group in ("musicality_lyrics", "style_quality"):
         run = common.read_metrics(cppo.dataclasses.replace(cfg, name=f"cppo-{group}"))
-        assert [m["step"] for m in run] == list(range(1, 13))
+        assert [m["step"] for m in run] == list(range(1, 9))
         assert run[0]["loss"] == pytest.approx(math.log(2), abs=0.05)  # policy == reference at the start
-        assert sum(m["loss"] for m in run[-4:]) / 4 < run[0]["loss"] - 0.05
-        states.append(cppo._policy_state(tmp_path / f"cppo-{group}" / "checkpoint_00000012"))
+        assert sum(m["loss"] for m in run[-3:]) / 3 < run[0]["loss"] - 0.05
+        states.append(cppo._policy_state(tmp_path / f"cppo-{group}" / "checkpoint_00000008"))
     merged = load_dit(out, device="cpu").state_dict()
     for k in ("proj_out.weight", "transformer_blocks.0.mlp.up_proj.weight"):
         assert torch.allclose(merged[k], (states[0][k] + states[1][k]) / 2, atol=1e-6)

@@ -29,7 +29,7 @@ from dr2studio.data.collate import LatentBatch, collate_examples
 from dr2studio.data.shards import load_index
 from dr2studio.data.stream import ShardStream
 from dr2studio.flow.block_fm import BlockFlowMatching, BlockFMConfig
-from dr2studio.models.dit import DiT, DiTConfig
+from dr2studio.models.dit import DecoderLayer, DiT, DiTConfig
 from training import common
 from training.common import TrainConfig
 from training.export import export_dit
@@ -110,7 +110,7 @@ def train_loop(loop_config: dict) -> None:
     if model.projectors is not None and not ssl_names:
         model.projectors.requires_grad_(False)  # unused: keep DDP from waiting for their gradients
     objective = BlockFlowMatching(model, BlockFMConfig.from_dict(cfg.objective))
-    wrapped = common.prepare(objective, cfg)
+    wrapped = common.prepare(objective, cfg, fsdp_wrap={DecoderLayer})
     opt = common.make_optimizer(wrapped.parameters(), cfg)
     sched = common.warmup_scheduler(opt, cfg.warmup_steps)
     modules, optimizers, schedulers = {"objective": wrapped}, {"adamw": (wrapped, opt)}, {"warmup": sched}

@@ -140,18 +140,26 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def prepare(module: nn.Module, cfg: TrainConfig, *, find_unused_parameters: bool = False) -> nn.Module:
+def prepare(module: nn.Module, cfg: TrainConfig, *, find_unused_parameters: bool = False,
+            fsdp_wrap: set[type[nn.Module]] | None = None) -> nn.Module:
     """Move ``module`` to the worker's device and wrap it in DDP (default) or FSDP.
 
     Each trained network is prepared separately (the VAE stage prepares the generator and the
-    discriminators as two modules with two optimisers).
+    discriminators as two modules with two optimisers). With FSDP, each instance of a class in
+    ``fsdp_wrap`` (for example the DiT's decoder layer) becomes its own shard unit, so only one
+    layer's full weights exist at a time.
     """
     ctx = worker_context()
     if ctx.world_size == 1:
         return module.to(ctx.device)
     import ray.train.torch
 
-    kwargs = {"find_unused_parameters": find_unused_parameters} if cfg.strategy == "ddp" else {}
+    if cfg.strategy == "ddp":
+        kwargs: dict[str, Any] = {"find_unused_parameters": find_unused_parameters}
+    else:
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        kwargs = {"auto_wrap_policy": ModuleWrapPolicy(fsdp_wrap)} if fsdp_wrap else {}
     return ray.train.torch.prepare_model(module, parallel_strategy=cfg.strategy, parallel_strategy_kwargs=kwargs)
 
 
@@ -372,7 +380,8 @@ class StepReporter:
         now = time.perf_counter()
         dt, self._t = now - self._t, now
         total_units = self._global_sum(units)
-        out = {"step": step, "lr": lr, f"{self.unit}_per_s": total_units / max(dt, 1e-9), "step_time_s": dt}
+        out = {"step": step, "lr": lr, f"{self.unit}_per_s": total_units / max(dt, 1e-9), "step_time_s": dt,
+               "time": time.time()}
         out.update({k: float(v) for k, v in metrics.items()})
         if not all(math.isfinite(v) for v in out.values()):
             raise FloatingPointError(f"non-finite training metric at step {step}: {out}")

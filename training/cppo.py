@@ -51,7 +51,7 @@ from dr2studio.flow.preference import (
     fm_dpo_loss,
     shared_noise,
 )
-from dr2studio.models.dit import DiTConfig
+from dr2studio.models.dit import DecoderLayer, DiTConfig
 from training import common
 from training.common import TrainConfig
 from training.export import export_dit
@@ -93,8 +93,8 @@ class CPPOTrainConfig(TrainConfig):
 
 def smoke_config() -> CPPOTrainConfig:
     return CPPOTrainConfig(
-        name="cppo-smoke", num_workers=2, max_steps=12, batch_size=2, lr=5e-4, warmup_steps=2,
-        checkpoint_every=6, report_every=6, beta=50.0, max_frames=40,
+        name="cppo-smoke", num_workers=2, max_steps=8, batch_size=2, lr=5e-4, warmup_steps=2,
+        checkpoint_every=4, report_every=4, beta=50.0, max_frames=40,
     )
 
 
@@ -248,7 +248,7 @@ def train_loop(loop_config: dict) -> None:
         policy.projectors.requires_grad_(False)  # REPA plays no part in preference training
     ref = FlowErrors(BlockFlowMatching(load_dit(cfg.init_from, device=ctx.device, dtype=torch.float32)))
     ref.eval().requires_grad_(False)
-    wrapped = common.prepare(FlowErrors(BlockFlowMatching(policy, BlockFMConfig())), cfg)
+    wrapped = common.prepare(FlowErrors(BlockFlowMatching(policy, BlockFMConfig())), cfg, fsdp_wrap={DecoderLayer})
     opt = common.make_optimizer(wrapped.parameters(), cfg)
     sched = common.warmup_scheduler(opt, cfg.warmup_steps)
     modules, optimizers, schedulers = {"policy": wrapped}, {"adamw": (wrapped, opt)}, {"warmup": sched}

@@ -1,0 +1,91 @@
+"""Training plumbing without Ray: configs, CLI precedence, checkpoints, export, start from released weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dr2studio.data import DataPosition
+from training import block_fm, common, cppo, vae
+from training.export import export_dit
+
+
+def test_stage_configs_round_trip_and_reject_bad_values(tmp_path):
+    for cls, smoke in ((block_fm.BlockFMTrainConfig, block_fm.smoke_config), (vae.VAETrainConfig, vae.smoke_config),
+                       (cppo.CPPOTrainConfig, cppo.smoke_config)):
+        cfg = smoke()
+        cfg.save(tmp_path / "c.json")
+        assert cls.load(tmp_path / "c.json") == cfg
+    with pytest.raises(common.ConfigError, match="fsdp"):
+        block_fm.BlockFMTrainConfig(strategy="fsdp", use_gpu=False).validate()
+    with pytest.raises(common.ConfigError, match="betas"):
+        common.TrainConfig(betas=[0.8]).validate()
+    with pytest.raises(common.ConfigError, match="merge_weights"):
+        cppo.CPPOTrainConfig(merge_weights=[1.0]).validate()
+    defaults = common.TrainConfig()
+    assert defaults.betas == [0.8, 0.9] and defaults.weight_decay == 1e-2 and defaults.grad_clip == 0.5
+
+
+def test_cli_precedence_smoke_then_file_then_set_then_flags(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"lr": 0.5, "max_steps": 7, "name": "from-file"}))
+    cfg, args = common.parse_args(
+        block_fm.BlockFMTrainConfig, block_fm.smoke_config,
+        ["--smoke", "--config", str(tmp_path / "c.json"), "--set", "max_steps=9", "--set", 'model={"dim": 32}',
+         "--name", "flag", "--max-steps", "11"])
+    assert args.smoke and cfg.lr == 0.5 and cfg.max_steps == 11 and cfg.name == "flag" and cfg.model == {"dim": 32}
+    assert cfg.batch_size == block_fm.smoke_config().batch_size  # untouched smoke value
+    with pytest.raises(SystemExit, match="bad training config"):
+        common.parse_args(block_fm.BlockFMTrainConfig, block_fm.smoke_config, ["--set", "strategy=zero3"])
+
+
+def test_warmup_is_linear_then_constant():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = common.warmup_scheduler(opt, 4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_checkpoint_holds_modules_optimisers_schedulers_step_and_position(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = common.make_optimizer(model.parameters(), common.TrainConfig(lr=0.1))
+    sched = common.warmup_scheduler(opt, 3)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    common.save_checkpoint(tmp_path, modules={"net": model}, optimizers={"adamw": (model, opt)},
+                           schedulers={"warmup": sched}, step=7, position=DataPosition(2, 5),
+                           config=common.TrainConfig(name="x"))
+    meta = common.read_checkpoint_meta(tmp_path)
+    assert meta["step"] == 7 and DataPosition.from_dict(meta["position"]) == DataPosition(2, 5)
+    assert meta["config"]["name"] == "x"
+    sd = common.load_checkpoint_module(tmp_path, "net")
+    assert torch.equal(sd["weight"], model.weight.detach())
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    opt2 = common.make_optimizer(torch.nn.Linear(3, 2).parameters(), common.TrainConfig(lr=0.1))
+    opt2.load_state_dict(state["optimizers"]["adamw"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert state["schedulers"]["warmup"]["last_epoch"] == 1
+    with pytest.raises(FileNotFoundError, match="no module 'other'"):
+        common.load_checkpoint_module(tmp_path, "other")
+
+
+def test_start_from_released_weights_and_export_a_complete_model_dir(tiny_ref_dir, tmp_path):
+    from dr2studio.checkpoints import load_dit
+
+    cfg = block_fm.BlockFMTrainConfig(init_from=str(tiny_ref_dir))
+    model = block_fm.build_dit(cfg)
+    released = load_dit(tiny_ref_dir, device="cpu")
+    assert model.training and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), released.state_dict().values()))
+    assert cfg.dit_config() == released.config
+    out = export_dit(model.state_dict(), cfg.dit_config(), tmp_path / "out", assets_dir=str(tiny_ref_dir))
+    for name in ("model.json", "model.safetensors", "decoder.json", "decoder.bin", "vocab.json", "dr2studio.json"):
+        assert (out / name).is_file(), name
+    again = load_dit(out, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), released.state_dict().values()))
+    info = json.loads((out / "dr2studio.json").read_text())
+    assert info["training"]["block_fm"]["assets_from"] == str(tiny_ref_dir)
