@@ -344,7 +344,11 @@ def _encoder_rate(cfg: PrepareConfig) -> tuple[int, float]:
 def prepare(cfg: PrepareConfig) -> DatasetIndex:
     """Run the pipeline and write shards + ``index.json`` into ``cfg.output``; returns the index."""
     import ray
+    from ray import cloudpickle
 
+    import training
+
+    cloudpickle.register_pickle_by_value(training)  # workers need only dr2studio installed
     if not cfg.manifest or not cfg.output:
         raise ConfigError("prepare_data needs both `manifest` and `output`")
     out = Path(cfg.output).expanduser().resolve()
