@@ -83,7 +83,10 @@ def load_plugin(spec: str, kwargs: dict[str, Any] | None = None) -> Any:
     if not sep:
         raise ConfigError(f"plugin spec must look like 'package.module:Name', got {spec!r}")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        if module_name == __name__ and attr in globals():  # built-ins: no import needed on workers
+            cls = globals()[attr]
+        else:
+            cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load plugin {spec!r}: {exc}") from exc
     return cls(**(kwargs or {}))
@@ -357,7 +360,11 @@ def prepare(cfg: PrepareConfig) -> DatasetIndex:
     rows: list[ManifestRow] = read_manifest(cfg.manifest, bad)
     sample_rate, frame_rate = _encoder_rate(cfg)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+        address = os.environ.get("RAY_ADDRESS") or None
+        # a local instance: let workers import plugins from this checkout (a cluster job has --working-dir)
+        repo = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(address=address, runtime_env=None if address else {"env_vars": {"PYTHONPATH": path}})
     items = [dict(r.to_dict(), audio_path=r.audio, duration=r.duration or 0.0) for r in rows]
     for item in items:
         item.pop("audio")
@@ -365,13 +372,14 @@ def prepare(cfg: PrepareConfig) -> DatasetIndex:
     ds = ds.map(DecodeAudio(sample_rate, cfg.max_seconds, cfg.min_seconds, cfg.allow_empty_lyrics))
     ds = ds.map_batches(
         EncodeAudio, fn_constructor_kwargs=dict(encoder=cfg.encoder, encoder_kwargs=cfg.encoder_kwargs, ssl=cfg.ssl),
-        batch_size=cfg.encode_batch_size, concurrency=cfg.num_encoders, num_gpus=cfg.encoder_num_gpus or None,
+        batch_size=cfg.encode_batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.num_encoders),
+        num_gpus=cfg.encoder_num_gpus or None,
         batch_format="numpy",
     )
     ds = ds.map_batches(
         EncodeText, fn_constructor_kwargs=dict(tokenizer=cfg.tokenizer, tokenizer_kwargs=cfg.tokenizer_kwargs,
                                                style=cfg.style, style_kwargs=cfg.style_kwargs),
-        batch_size=16, concurrency=cfg.num_text_workers, batch_format="numpy",
+        batch_size=16, compute=ray.data.ActorPoolStrategy(size=cfg.num_text_workers), batch_format="numpy",
     )
     ssl_names = [s["name"] for s in cfg.ssl]
     infos, pending, ssl_dims = [], [], {}
@@ -408,6 +416,22 @@ def prepare(cfg: PrepareConfig) -> DatasetIndex:
     return index
 
 
+def _smoke_setup(root: Path) -> dict[str, Any]:
+    """Synthetic songs and a small random model folder (encoder, tag style encoder, phoneme table):
+    a CPU check of the whole pipeline with nothing downloaded."""
+    from dr2studio.models.encoder import EncoderConfig, MusicEncoder, save_encoder
+    from dr2studio.testing import build_tiny_model
+    from training.smoke_data import make_audio_manifest
+
+    manifest = make_audio_manifest(root / "songs", num_songs=6, seconds=5.0, sample_rate=16000)
+    model = build_tiny_model(root / "model", style_encoder=True)  # vocab.json + style encoder
+    torch.manual_seed(0)
+    save_encoder(MusicEncoder(EncoderConfig(sample_rate=8000, channels=4, channel_mults=[1, 2], strides=[40, 40])), model)
+    return {"manifest": str(manifest), "output": str(root / "shards"), "min_seconds": 2.0,
+            "encoder_kwargs": {"model_dir": str(model)}, "tokenizer_kwargs": {"vocab": str(model)},
+            "style_kwargs": {"model_dir": str(model)}, "shard_size": 4}
+
+
 def main(argv: Sequence[str] | None = None) -> DatasetIndex:
     import argparse
 
@@ -417,8 +441,11 @@ def main(argv: Sequence[str] | None = None) -> DatasetIndex:
     p.add_argument("--manifest")
     p.add_argument("--output")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--smoke", action="store_true", help="synthetic songs and a random small encoder (CPU check)")
     args = p.parse_args(argv)
-    data = PrepareConfig.load(args.config).to_dict() if args.config else {}
+    data = _smoke_setup(Path(args.output or "~/dr2studio-runs/prepare-smoke").expanduser()) if args.smoke else {}
+    if args.config:
+        data.update(PrepareConfig.load(args.config).to_dict())
     for item in args.set:
         key, _, value = item.partition("=")
         try:
@@ -427,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> DatasetIndex:
             data[key] = value
     if args.manifest:
         data["manifest"] = args.manifest
-    if args.output:
+    if args.output and not args.smoke:
         data["output"] = args.output
     index = prepare(PrepareConfig.from_dict(data))
     print(json.dumps(index.report, indent=2))
