@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,41 +25,59 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def head_cluster(tmp_path):
-    """A private head node (own ports, own temp dir), stopped by signalling its `--block` process."""
-    bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_worker_niceness="0",
-               RAY_AUTH_MODE="token")  # the default for new clusters; the client must say so too
-    env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
-    temp = Path("/tmp") / f"rayjob-{os.getpid()}"  # short: unix socket paths are length-limited
+def _start_head(bin_dir: Path, env: dict[str, str], temp: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """``ray start --head --block`` on fresh ports; returns once the node reports it is up."""
+    dash = _free_port()
+    ports = ("port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")
     proc = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}",
-         f"--ray-client-server-port={_free_port()}", "--disable-usage-stats"],
-        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [str(bin_dir / "ray"), "start", "--head", "--block", f"--dashboard-port={dash}", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
+         # every default port is replaced: other Ray clusters on this machine may hold them
+         *(f"--{name}={_free_port()}" for name in ports)],
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:  # answering (401 with token auth on): it is up
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"ray head did not start: {(tmp_path / 'head.log').read_text()[-2000:]}")
-                time.sleep(1)
-        yield address, env
-    finally:
+    deadline = time.time() + 150
+    while proc.poll() is None and time.time() < deadline:
+        if "block forever" in log.read_text(errors="replace"):  # printed after the node registered
+            return proc, f"http://127.0.0.1:{dash}"
+        time.sleep(1)
+    _stop(proc)
+    return proc, ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` tears its cluster down on SIGTERM
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture()
+def head_cluster(tmp_path):
+    """A private head node (own ports, own temp dir), stopped by signalling its `--block` process.
+
+    Ray gives a starting node 30 s to register; on a busy machine that can fail, so it tries again."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_worker_niceness="0",
+               RAY_AUTH_MODE="token")  # the default for new clusters; the client must say so too
+    env.pop("RAY_ADDRESS", None)
+    temp = Path("/tmp") / f"rayjob-{os.getpid()}"  # short: unix socket paths are length-limited
+    log = tmp_path / "head.log"
+    proc = None
+    try:
+        for _ in range(3):
+            proc, address = _start_head(bin_dir, env, temp, log)
+            if address:
+                break
+        else:
+            pytest.fail(f"ray head did not start: {log.read_text(errors='replace')[-2000:]}")
+        yield address, env
+    finally:
+        if proc is not None:
+            _stop(proc)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -73,7 +89,12 @@ def test_ray_job_submit_runs_the_vae_stage(head_cluster, tmp_path):
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(work),
            "--", "python", "training/vae.py", "--smoke", "--storage-path", str(runs), "--name", "job",
            "--max-steps", "6", "--set", "checkpoint_every=3"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    deadline = time.time() + 120
+    while True:  # the dashboard answers before the node's job agent is up; submitting then is refused
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in done.stderr + done.stdout or time.time() > deadline:
+            break
+        time.sleep(3)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout + done.stderr
     steps = [json.loads(line)["step"] for line in (runs / "job" / "metrics.jsonl").read_text().splitlines()]
