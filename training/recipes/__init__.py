@@ -1,0 +1,1 @@
+"""Reproducible training recipes (shell scripts) and the small helpers they use."""
