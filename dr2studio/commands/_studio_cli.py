@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from dr2studio.demo import DEMO_DIR
+
 __all__ = [
     "DEMO_MODEL",
     "user_errors",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 #: The demo model shipped inside the package (built by the training team); used when no --model is given.
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO_MODEL = DEMO_DIR
 _AUDIO_OUT = (".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3")
 
 
