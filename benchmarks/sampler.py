@@ -54,7 +54,8 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: torch.device, dtype: torch.dtype, baseline: bool) -> dict:
+def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: torch.device, dtype: torch.dtype, baseline: bool,
+        separate_store: bool = False) -> dict:
     config = CONFIGS[name]
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -70,6 +71,7 @@ def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: 
     original = sampler_mod.BlockKVCache
     if baseline:
         sampler_mod.BlockKVCache = ConcatCache
+    BlockSampler.fuse_store = not (baseline or separate_store)
     try:
         s = BlockSampler(model, torch.randint(1, 500, (1, tokens)), torch.randn(1, 512), frames,
                          SamplerSettings(steps=steps, cfg_strength=cfg, eop_threshold=-1.0),
@@ -86,10 +88,12 @@ def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: 
         total = time.perf_counter() - t0
     finally:
         sampler_mod.BlockKVCache = original
+        BlockSampler.fuse_store = True
     k = max(1, min(3, len(times) // 4))
     first = sum(times[1 : 1 + k]) / k if len(times) > k else times[0]  # skip block 0 (includes lyrics pass)
     end = sum(times[-k:]) / k
-    return dict(config=name + (" (concat cache)" if baseline else ""), params=f"{params:.1f}M", device=str(device),
+    label = " (concat cache)" if baseline else " (separate store)" if separate_store else ""
+    return dict(config=name + label, params=f"{params:.1f}M", device=str(device),
                 dtype=str(dtype).replace("torch.", ""), song_s=seconds, total_s=total, first_block_s=first,
                 last_block_s=end, growth=end / first, rtf=total / seconds, peak_mb=_peak_mb(device))
 
@@ -105,6 +109,8 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on GPU)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--baseline", action="store_true", help="also time a re-concatenating cache (the reference's strategy)")
+    ap.add_argument("--separate-store", action="store_true",
+                    help="also time separate store passes (a forward per finished block, as the reference does)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,6 +119,8 @@ def main() -> None:
     rows = []
     for name in args.configs:
         rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, False))
+        if args.separate_store:
+            rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, False, True))
         if args.baseline:
             rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, True))
     cols = ["config", "params", "device", "dtype", "song_s", "total_s", "first_block_s", "last_block_s", "growth", "rtf", "peak_mb"]

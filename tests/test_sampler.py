@@ -65,6 +65,27 @@ def test_streamed_blocks_concatenate_to_output(ref_model: DiT) -> None:
     assert torch.equal(torch.cat([b for _, b in seen], dim=1), out)
 
 
+def test_fused_store_matches_separate_passes_with_one_forward_less_per_block(ref_model: DiT, tiny_reference: dict,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    case = tiny_reference["sampler_cases"][0]
+    calls = []
+    hook = ref_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        runs = {}
+        for fused in (True, False):
+            monkeypatch.setattr(BlockSampler, "fuse_store", fused)
+            calls.clear()
+            runs[fused] = (sample_latents(ref_model, case["text"], case["style"], 40, steps=case["steps"],
+                                          cfg_strength=case["cfg"], noise=case["noise"]), len(calls))
+    finally:
+        hook.remove()
+    (fused_out, fused_calls), (sep_out, sep_calls) = runs[True], runs[False]
+    assert _rel(fused_out, sep_out) <= 1e-5
+    blocks = 4
+    assert sep_calls == 1 + blocks * case["steps"]  # lyrics + (steps-1 probes + 1 store) per block
+    assert fused_calls == 1 + blocks * (case["steps"] - 1)  # stores ride along; the last block is never stored
+
+
 def test_seeded_generator_is_reproducible(ref_model: DiT) -> None:
     tokens, style = torch.randint(1, 512, (1, 5)), torch.randn(1, 512)
     a = sample_latents(ref_model, tokens, style, 10, steps=3, generator=torch.Generator().manual_seed(7))

@@ -104,9 +104,12 @@ class BlockKVCache:
         self._mask = torch.cat(parts, dim=-1)
         assert self._mask.shape[-1] == self.text_len + keys_latent
 
-    def commit(self) -> None:
-        """Make the frames written by the last block call part of the clean history."""
-        self.length += self._n
+    def commit(self, frames: int | None = None) -> None:
+        """Make the first ``frames`` (default: all) frames of the last block call part of the clean history."""
+        n = self._n if frames is None else frames
+        if not 0 <= n <= self._n:
+            raise ValueError(f"can commit 0..{self._n} frames of the last call, got {n}")
+        self.length += n
 
     # -- the attention context protocol ----------------------------------------------------------
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
