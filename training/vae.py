@@ -37,6 +37,7 @@ from dr2studio.vae.losses import (
     MultiScaleMelLoss,
     discriminator_loss,
     feature_matching_loss,
+    frame_locked_loss,
     generator_adversarial_loss,
 )
 from dr2studio.vae.train_step import VAELossConfig, prepare_batch
@@ -192,6 +193,10 @@ def train_loop(loop_config: dict) -> None:
         with common.autocast(cfg, ctx.device):
             mel, stft = mel_loss(pred.float(), target), stft_loss(pred.float(), target)
             total = losses_cfg.mel_weight * mel + losses_cfg.stft_weight * stft
+            if losses_cfg.frame_weight > 0:
+                frame = frame_locked_loss(pred.float(), target, inner_gen.decoder.hop_length)
+                total = total + losses_cfg.frame_weight * frame
+                out["loss_frame"] = frame.item()
             if std is not None:
                 kl = kl_divergence(mean, std)
                 total = total + losses_cfg.kl_weight * kl

@@ -14,6 +14,7 @@ from torch import nn
 __all__ = [
     "MultiScaleMelLoss",
     "MultiResolutionSTFTLoss",
+    "frame_locked_loss",
     "discriminator_loss",
     "generator_adversarial_loss",
     "feature_matching_loss",
@@ -90,6 +91,25 @@ class MultiResolutionSTFTLoss(nn.Module):
             convergence = torch.linalg.norm(st - sp) / torch.linalg.norm(st).clamp_min(_LOG_EPS)
             total = total + convergence + F.l1_loss(torch.log(sp), torch.log(st))
         return total / len(self.resolutions)
+
+
+def frame_locked_loss(pred: torch.Tensor, target: torch.Tensor, hop: int) -> torch.Tensor:
+    """Energy of the part of the waveform that repeats identically in every latent frame, relative to the target's.
+
+    A decoder that upsamples by transposed convolutions can answer every frame with the same
+    waveform plus a little detail: a comb at the frame rate and its harmonics. Magnitude losses with
+    windows shorter than about two frames hardly see it (it has the average spectral envelope), so
+    a small decoder can settle there; the shipped demo VAE did, and every song then read as the same
+    key. The penalty compares the frame-synchronous means ``mean_k x[k*hop + j]`` of the decoded and
+    the real segment (the real one is close to zero: music is not locked to the frame grid).
+    """
+    pred, target = _check_pair(pred, target)
+    n = pred.shape[-1] // hop * hop
+    if n == 0:
+        raise ValueError(f"segments of {pred.shape[-1]} samples are shorter than one frame ({hop} samples)")
+    fp = pred[..., :n].reshape(pred.shape[0], -1, hop).mean(1)
+    ft = target[..., :n].reshape(target.shape[0], -1, hop).mean(1)
+    return (fp - ft).pow(2).mean() / target.pow(2).mean().clamp_min(_LOG_EPS)
 
 
 def discriminator_loss(real_logits: Sequence[torch.Tensor], fake_logits: Sequence[torch.Tensor]) -> torch.Tensor:

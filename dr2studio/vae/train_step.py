@@ -26,6 +26,7 @@ from dr2studio.vae.losses import (
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
+    frame_locked_loss,
 )
 
 __all__ = ["VAELossConfig", "VAETrainingStep", "prepare_batch"]
@@ -37,6 +38,7 @@ class VAELossConfig(JsonConfig):
 
     mel_weight: float = 15.0
     stft_weight: float = 1.0
+    frame_weight: float = 0.0  # frame_locked_loss: suppresses a waveform repeated in every latent frame
     adversarial_weight: float = 1.0
     feature_weight: float = 2.0
     kl_weight: float = 1e-4  # only used when the encoder has kl=True
@@ -51,7 +53,7 @@ class VAELossConfig(JsonConfig):
     def validate(self) -> None:
         if len(self.mel_n_ffts) != len(self.mel_n_mels):
             raise ConfigError("mel_n_ffts and mel_n_mels need the same length")
-        if min(self.mel_weight, self.stft_weight, self.adversarial_weight, self.feature_weight, self.kl_weight) < 0:
+        if min(self.mel_weight, self.stft_weight, self.frame_weight, self.adversarial_weight, self.feature_weight, self.kl_weight) < 0:
             raise ConfigError("loss weights must be >= 0")
 
 
@@ -139,6 +141,10 @@ class VAETrainingStep:
 
         recon = self.reconstruction_losses(pred, target)
         total = cfg.mel_weight * recon["mel"] + cfg.stft_weight * recon["stft"]
+        if cfg.frame_weight > 0:
+            frame = frame_locked_loss(pred, target, self.decoder.hop_length)
+            total = total + cfg.frame_weight * frame
+            out["loss_frame"] = frame.item()
         if std is not None:
             kl = kl_divergence(mean, std)
             total = total + cfg.kl_weight * kl

@@ -24,6 +24,7 @@ WORK="$(mkdir -p "${DEMO_WORK:-$ROOT/runs/demo}" && cd "${DEMO_WORK:-$ROOT/runs/
 INSTALL="${DEMO_INSTALL:-1}"
 SONGS="${DEMO_SONGS:-400}"
 VAE_STEPS="${DEMO_VAE_STEPS:-1000}"
+VAE_REFINE_STEPS="${DEMO_VAE_REFINE_STEPS:-3200}"  # total VAE steps after phase 2
 DIT_STEPS="${DEMO_DIT_STEPS:-600}"
 # Ray starts its workers at niceness 15; on a shared machine they would starve. Same priority as the rest.
 export RAY_worker_niceness="${RAY_worker_niceness:-0}"
@@ -45,8 +46,16 @@ fi
 
 if [ ! -f "$WORK/vae-export/decoder.safetensors" ]; then
   t=$(stamp)
+  # phase 1: mel-weighted reconstruction (the decoder learns the loudness envelope and timbre)
   "$PY" training/vae.py --config training/configs/demo_vae.json --name demo-vae \
-      --storage-path "$WORK" --export-dir "$WORK/vae-export" --max-steps "$VAE_STEPS" \
+      --storage-path "$WORK" --max-steps "$VAE_STEPS" \
+      --set manifest="$WORK/songs/manifest.jsonl"
+  # phase 2: same run resumed with a heavy multi-resolution STFT loss up to 2048-point windows
+  # (3.9 Hz bins) and the frame-locked loss: phase 1 leaves a waveform that repeats in every
+  # latent frame (a comb at 10 Hz and its harmonics, most of the output's energy), which makes
+  # every song read as the same key
+  "$PY" training/vae.py --config training/configs/demo_vae_refine.json --name demo-vae \
+      --storage-path "$WORK" --export-dir "$WORK/vae-export" --max-steps "$VAE_REFINE_STEPS" \
       --set manifest="$WORK/songs/manifest.jsonl"
   "$PY" training/recipes/demo_latent_scale.py --model-dir "$WORK/vae-export" \
       --manifest "$WORK/songs/manifest.jsonl" --count 40
