@@ -89,3 +89,18 @@ def test_start_from_released_weights_and_export_a_complete_model_dir(tiny_ref_di
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), released.state_dict().values()))
     info = json.loads((out / "dr2studio.json").read_text())
     assert info["training"]["block_fm"]["assets_from"] == str(tiny_ref_dir)
+
+
+def test_relative_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch) -> None:
+    """Ray Train workers run in another folder: a relative --set path must reach them absolute."""
+    (tmp_path / "songs").mkdir()
+    (tmp_path / "songs" / "m.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = common.parse_args(vae.VAETrainConfig, vae.VAETrainConfig, [
+        "--set", "manifest=songs/m.jsonl", "--export-dir", "out", "--set", "encoder_from=ASLP-lab/DiffRhythm2"])
+    assert cfg.manifest == str(tmp_path / "songs" / "m.jsonl")
+    assert cfg.export_dir == str(tmp_path / "out")  # created later, still anchored here
+    assert cfg.encoder_from == "ASLP-lab/DiffRhythm2"  # not a local path: left alone
+    assert "PATH_FIELDS" not in cfg.to_dict()
+    bfm = common.absolute_paths(block_fm.BlockFMTrainConfig(data="songs", storage_path="s3://bucket/runs"))
+    assert bfm.data == str(tmp_path / "songs") and bfm.storage_path == "s3://bucket/runs"

@@ -18,7 +18,7 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 if __package__ in (None, ""):  # run as a script: make `training` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,6 +41,7 @@ log = logging.getLogger("dr2studio.training.block_fm")
 
 @dataclasses.dataclass
 class BlockFMTrainConfig(TrainConfig):
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("export_dir", "data", "init_from", "assets_dir")
     data: str = ""  # shard folder written by prepare_data.py
     model: dict[str, Any] = dataclasses.field(default_factory=dict)  # DiTConfig fields (ignored with init_from)
     init_from: str = ""  # model directory to start from (released or own weights)

@@ -8,7 +8,7 @@ step (losses, learning rate, throughput), and an export to the model-directory l
 
 Worker side: :func:`worker_context`, :func:`prepare`, :func:`make_optimizer`,
 :func:`warmup_scheduler`, :func:`autocast`, :func:`restore` and :class:`StepReporter`.
-Driver side: :func:`parse_args` and :func:`fit`.
+Driver side: :func:`parse_args` (with :func:`absolute_paths`) and :func:`fit`.
 
 Checkpoint directory (written by rank 0, read by every rank on resume)::
 
@@ -29,7 +29,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -70,6 +70,9 @@ C = TypeVar("C", bound="TrainConfig")
 @dataclasses.dataclass
 class TrainConfig(JsonConfig):
     """Fields every stage shares. Stages subclass this with their own model and data fields."""
+
+    #: fields holding local paths: made absolute on the driver (Ray workers run in another folder)
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("export_dir",)
 
     name: str = "dr2-run"
     storage_path: str = "~/dr2studio-runs"
@@ -456,7 +459,26 @@ def parse_args(
     unknown = sorted(cfg.extra)
     if unknown:
         log.warning("config keys not used by %s: %s", config_cls.__name__, unknown)
+    absolute_paths(cfg)
     return cfg, args
+
+
+def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> TrainConfig:
+    """Make ``cfg.PATH_FIELDS`` that name existing local paths absolute (relative to ``base`` or the cwd).
+
+    Ray Train workers do not run in the driver's working directory, so ``--set manifest=songs/m.jsonl``
+    would otherwise point nowhere on a worker. Values that are URIs, empty or not an existing path
+    here (a model-hub id, or a folder that is only created later) are left as they are.
+    """
+    base = Path.cwd() if base is None else base
+    for name in cfg.PATH_FIELDS:
+        value = getattr(cfg, name)
+        if not value or "://" in value:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_absolute() and ((base / path).exists() or name == "export_dir"):
+            setattr(cfg, name, str((base / path).resolve()))
+    return cfg
 
 
 def fit(train_fn: Callable[[dict], None], cfg: TrainConfig) -> Any:

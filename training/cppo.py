@@ -28,7 +28,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 if __package__ in (None, ""):  # run as a script: make `training` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,6 +64,7 @@ log = logging.getLogger("dr2studio.training.cppo")
 
 @dataclasses.dataclass
 class CPPOTrainConfig(TrainConfig):
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("export_dir", "preferences", "init_from", "pairs_file")
     preferences: str = ""  # preference JSONL
     init_from: str = ""  # model directory: the starting policy and the frozen reference
     groups: list[str] = dataclasses.field(default_factory=lambda: sorted(PAIR_GROUPS))

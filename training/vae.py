@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 if __package__ in (None, ""):  # run as a script: make `training` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,6 +51,7 @@ log = logging.getLogger("dr2studio.training.vae")
 
 @dataclasses.dataclass
 class VAETrainConfig(TrainConfig):
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("export_dir", "manifest", "decoder_from", "encoder_from")
     manifest: str = ""  # JSONL of songs (see dr2studio.data.manifest)
     encoder: dict[str, Any] = dataclasses.field(default_factory=dict)  # EncoderConfig fields
     decoder: dict[str, Any] = dataclasses.field(default_factory=dict)  # DecoderConfig fields
