@@ -46,6 +46,11 @@ class SamplerSettings:
     cfg_strength: float = 2.0
     num_history_block: int | None = None
     eop_threshold: float = EOP_THRESHOLD
+    #: Do the ODE arithmetic as the released GPU sampler does, in the model's dtype (fp16 there):
+    #: time grid, noise, Euler steps and guidance in that dtype, the time inputs rounded to it,
+    #: and RoPE frequencies rounded to it (spec §10). For comparing against a half-precision
+    #: reference run; off, the ODE state stays float32 whatever the model dtype (more accurate).
+    reference_numerics: bool = False
 
     def validate(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 2:
@@ -108,6 +113,7 @@ class BlockSampler:
             raise ValueError(f"noise must be [B, >= {needed}, {self.mel_dim}] (one block of noise per generated block), got {tuple(noise.shape)}")
         self.noise, self.generator = noise, generator
         self.guided = self.settings.cfg_strength >= 1e-5
+        self._ode_dtype = dtype if self.settings.reference_numerics else torch.float32
         branches = 2 if self.guided else 1
 
         n_text = tokens.shape[1]
@@ -133,13 +139,14 @@ class BlockSampler:
             text_mask=None if text_mask is None else text_mask.repeat(branches, 1),
             history_blocks=self.settings.num_history_block,
         )
-        cos, sin = rotary_tables(torch.arange(max(n_text, capacity), device=device)[None], cfg.head_dim, dtype)
+        inv_freq_dtype = dtype if self.settings.reference_numerics else None
+        cos, sin = rotary_tables(torch.arange(max(n_text, capacity), device=device)[None], cfg.head_dim, dtype, inv_freq_dtype)
         self._cos, self._sin = cos, sin
         self.stream = torch.zeros(self.batch, capacity, self.mel_dim, device=device, dtype=torch.float32)
         if prefix is not None:
             self.stream[:, : self.prefix_len] = prefix.to(device=device, dtype=torch.float32)
         self.lengths = torch.full((self.batch,), -1, dtype=torch.long)  # -1: not ended yet
-        self._grid = torch.linspace(0.0, 1.0, self.settings.steps, device=device, dtype=torch.float32)
+        self._grid = torch.linspace(0.0, 1.0, self.settings.steps, device=device, dtype=self._ode_dtype)
         self._prepared = False
 
     # -- helpers -------------------------------------------------------------------------------
@@ -155,7 +162,7 @@ class BlockSampler:
         return torch.cat((x, x)) if self.guided else x
 
     def _time(self, value: Tensor | float, n_branch_rows: int) -> Tensor:
-        return torch.full((n_branch_rows, 1), float(value), device=self.model.device, dtype=torch.float32)
+        return torch.full((n_branch_rows, 1), float(value), device=self.model.device, dtype=self._ode_dtype)
 
     def _block_noise(self, index: int) -> Tensor:
         b, m = self.block_size, self.mel_dim
@@ -164,7 +171,7 @@ class BlockSampler:
         else:
             gen_device = self.generator.device if self.generator is not None else self.model.device
             x = torch.randn(self.batch, b, m, generator=self.generator, device=gen_device)
-        return x.to(device=self.model.device, dtype=torch.float32)
+        return x.to(device=self.model.device, dtype=self._ode_dtype)
 
     # -- the passes ----------------------------------------------------------------------------
     def _cache_text(self, style: Tensor) -> None:
@@ -205,7 +212,7 @@ class BlockSampler:
         self.cache.begin_block(b + n, query_mask=block_causal_mask(b + n, b, self.model.device))
         e = self.model.embed_latents(self._dup(torch.cat((clean, x), dim=1)))
         time = torch.cat((self._time(1.0, rows).expand(rows, b), self._time(t, rows).expand(rows, n)), dim=1)
-        v = self.model(e, time, style, self._rope(start, b + n), self.cache)[:, b:].float()
+        v = self.model(e, time, style, self._rope(start, b + n), self.cache)[:, b:].to(self._ode_dtype)
         self.cache.commit(b)
         return self._guide(v)
 
@@ -218,7 +225,7 @@ class BlockSampler:
         n = x.shape[1]
         self.cache.begin_block(n)
         e = self.model.embed_latents(self._dup(x))
-        v = self.model(e, self._time(t, style.shape[0]), style, self._rope(start, n), self.cache).float()
+        v = self.model(e, self._time(t, style.shape[0]), style, self._rope(start, n), self.cache).to(self._ode_dtype)
         return self._guide(v)
 
     def _integrate(self, x: Tensor, start: int, pending: Tensor | None = None) -> Tensor:
@@ -312,6 +319,7 @@ def sample_latents(
     token_lengths: Tensor | None = None,
     num_history_block: int | None = None,
     eop_threshold: float = EOP_THRESHOLD,
+    reference_numerics: bool = False,
 ) -> Tensor:
     """Sample a song's latents block by block.
 
@@ -326,10 +334,13 @@ def sample_latents(
         prefix: ``[B, P, M]`` clean latents to continue from (returned as the first P frames).
         generator: seeds the noise when ``noise`` is not given.
         on_block: called as ``on_block(i, frames[B, k, M])`` with every finished block.
+        reference_numerics: ODE arithmetic in the model's dtype, as the released fp16 GPU run
+            (see :class:`SamplerSettings`).
     Returns:
         ``[B, T, M]`` latents, T ≤ max_frames, trailing end-of-prediction frames trimmed.
     """
-    settings = SamplerSettings(steps=steps, cfg_strength=cfg_strength, num_history_block=num_history_block, eop_threshold=eop_threshold)
+    settings = SamplerSettings(steps=steps, cfg_strength=cfg_strength, num_history_block=num_history_block,
+                               eop_threshold=eop_threshold, reference_numerics=reference_numerics)
     sampler = BlockSampler(model, tokens, style, max_frames, settings, noise=noise, prefix=prefix, token_lengths=token_lengths, generator=generator)
     for _ in sampler.blocks(on_block):
         pass

@@ -80,12 +80,17 @@ class MaskedAttention:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
 
 
-def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype,
+                  inv_freq_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """Llama "default" RoPE tables for integer ``positions [B|1, n]`` -> cos, sin ``[B|1, 1, n, hd]``.
 
     Angles are formed in float32 (as the reference) and cast to the activation dtype.
+    ``inv_freq_dtype``: round the frequencies to this dtype first, as the released GPU run does
+    (its ``model.half()`` also casts the rotary buffer; spec §2.5); None keeps them exact.
     """
     inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    if inv_freq_dtype is not None:
+        inv_freq = inv_freq.to(inv_freq_dtype).float()
     angles = positions.to(torch.float32)[..., None] * inv_freq  # [B, n, hd/2]
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
