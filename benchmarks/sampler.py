@@ -48,22 +48,33 @@ class ConcatCache(BlockKVCache):
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self._mask)
 
 
-def _peak_mb(device: torch.device) -> float:
+def _rss_mb() -> float:
+    """Resident memory of this process now (Linux), MB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return 0.0
+
+
+def _peak_mb(device: torch.device, rss_before: float) -> float:
+    """GPU: peak allocated. CPU: peak resident memory minus what the process held before the model."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
 
 
 def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: torch.device, dtype: torch.dtype, baseline: bool,
-        separate_store: bool = False) -> dict:
+        separate_store: bool = False, max_blocks: int | None = None) -> dict:
     config = CONFIGS[name]
+    rss_before = _rss_mb()
     torch.manual_seed(0)
     with torch.device("meta"):
         model = DiT(config)
-    model = model.to_empty(device=device)
+    model = model.to(dtype).to_empty(device=device)  # never materialise float32 weights of a bf16 run
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
-    model = model.to(dtype).eval()
+    model = model.eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     frames = int(seconds * 5)
     if device.type == "cuda":
@@ -85,6 +96,8 @@ def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: 
             now = time.perf_counter()
             times.append(now - last)
             last = now
+            if max_blocks is not None and len(times) >= max_blocks:
+                break  # the cache was sized for the whole song: the memory peak is already reached
         total = time.perf_counter() - t0
     finally:
         sampler_mod.BlockKVCache = original
@@ -95,7 +108,7 @@ def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: 
     label = " (concat cache)" if baseline else " (separate store)" if separate_store else ""
     return dict(config=name + label, params=f"{params:.1f}M", device=str(device),
                 dtype=str(dtype).replace("torch.", ""), song_s=seconds, total_s=total, first_block_s=first,
-                last_block_s=end, growth=end / first, rtf=total / seconds, peak_mb=_peak_mb(device))
+                last_block_s=end, growth=end / first, rtf=total / seconds if max_blocks is None else float("nan"), peak_mb=_peak_mb(device, rss_before))
 
 
 def main() -> None:
@@ -109,6 +122,9 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on GPU)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--baseline", action="store_true", help="also time a re-concatenating cache (the reference's strategy)")
+    ap.add_argument("--max-blocks", type=int, default=None,
+                    help="stop after this many blocks (the KV cache is still sized for the whole song): "
+                         "peak memory of a long song on a slow device; rtf is then not reported")
     ap.add_argument("--separate-store", action="store_true",
                     help="also time separate store passes (a forward per finished block, as the reference does)")
     args = ap.parse_args()
@@ -118,7 +134,7 @@ def main() -> None:
     dtype = default_dtype(device, args.dtype)
     rows = []
     for name in args.configs:
-        rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, False))
+        rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, False, max_blocks=args.max_blocks))
         if args.separate_store:
             rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, False, True))
         if args.baseline:
