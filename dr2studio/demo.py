@@ -3,7 +3,7 @@
 It was trained by dr2studio's own pipelines (``training/vae.py``, ``training/prepare_data.py``,
 ``training/block_fm.py``) on procedurally generated songs; ``training/recipes/demo_model.sh``
 reproduces it and ``docs/demo_model.md`` states its sizes and measured quality. It is small (8 kHz
-audio, a 10 Hz x 64 latent, a ~1.6M-parameter DiT), so it makes simple synthetic-sounding songs,
+audio, a 40 Hz x 32 latent, a ~1.6M-parameter DiT), so it makes simple synthetic-sounding songs,
 but it needs no network, no GPU and no released weights.
 """
 from __future__ import annotations

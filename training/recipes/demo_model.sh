@@ -7,15 +7,14 @@
 # Stages (each a separate, resumable command; rerunning the script skips finished stages):
 #   1. 400 procedural songs (seeds 0..399, 10-30 s, 16 kHz)      training/synth_songs.py
 #   2. our own phoneme table + tag style encoder                   training/recipes/demo_assets.py
-#   3. VAE (8 kHz, 10 Hz x 64 latents), 1000 steps, 2 CPU workers  training/vae.py (Ray Train)
+#   3. VAE (8 kHz, 40 Hz x 32 latents), 700 + 1100 steps, 2 CPU workers  training/vae.py (Ray Train)
 #   4. latents rescaled to unit std (exact re-parametrisation)     training/recipes/demo_latent_scale.py
 #   5. songs -> shards (latents, phoneme ids, style, REPA targets) training/prepare_data.py (Ray Data)
-#   6. DiT, block flow matching + REPA, 600 steps, 2 CPU workers   training/block_fm.py (Ray Train)
+#   6. DiT, block flow matching + REPA, 900 steps, 2 CPU workers   training/block_fm.py (Ray Train)
 #   7. install the exported model directory into dr2studio/assets/demo/
 #
-# Expected wall time on a 2-core machine that other jobs share (load ~10): songs 6 min, VAE ~30 min,
-# prepare ~5 min, DiT ~35 min: about 75-80 minutes; on an idle 2-core machine roughly half that.
-# docs/demo_model.md records the times of the run that made the shipped files.
+# Expected wall time on a 2-core machine: songs ~7 min, VAE ~32 min, prepare ~6 min, DiT ~40 min:
+# about 85 minutes. docs/demo_model.md records the times of the run that made the shipped files.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,9 +22,9 @@ PY="${PYTHON:-python}"
 WORK="$(mkdir -p "${DEMO_WORK:-$ROOT/runs/demo}" && cd "${DEMO_WORK:-$ROOT/runs/demo}" && pwd)"
 INSTALL="${DEMO_INSTALL:-1}"
 SONGS="${DEMO_SONGS:-400}"
-VAE_STEPS="${DEMO_VAE_STEPS:-1000}"
-VAE_REFINE_STEPS="${DEMO_VAE_REFINE_STEPS:-3200}"  # total VAE steps after phase 2
-DIT_STEPS="${DEMO_DIT_STEPS:-600}"
+VAE_PITCH_STEPS="${DEMO_VAE_PITCH_STEPS:-700}"  # phase 1 of the VAE
+VAE_STEPS="${DEMO_VAE_STEPS:-1800}"  # phase 1 + phase 2
+DIT_STEPS="${DEMO_DIT_STEPS:-900}"
 # Ray starts its workers at niceness 15; on a shared machine they would starve. Same priority as the rest.
 export RAY_worker_niceness="${RAY_worker_niceness:-0}"
 cd "$ROOT"
@@ -46,16 +45,13 @@ fi
 
 if [ ! -f "$WORK/vae-export/decoder.safetensors" ]; then
   t=$(stamp)
-  # phase 1: mel-weighted reconstruction (the decoder learns the loudness envelope and timbre)
+  # phase 1: mel + long-window STFT (up to 256 ms, 3.9 Hz bins) + frame-locked loss: pitch first
   "$PY" training/vae.py --config training/configs/demo_vae.json --name demo-vae \
-      --storage-path "$WORK" --max-steps "$VAE_STEPS" \
+      --storage-path "$WORK" --max-steps "$VAE_PITCH_STEPS" \
       --set manifest="$WORK/songs/manifest.jsonl"
-  # phase 2: same run resumed with a heavy multi-resolution STFT loss up to 2048-point windows
-  # (3.9 Hz bins) and the frame-locked loss: phase 1 leaves a waveform that repeats in every
-  # latent frame (a comb at 10 Hz and its harmonics, most of the output's energy), which makes
-  # every song read as the same key
-  "$PY" training/vae.py --config training/configs/demo_vae_refine.json --name demo-vae \
-      --storage-path "$WORK" --export-dir "$WORK/vae-export" --max-steps "$VAE_REFINE_STEPS" \
+  # phase 2: the same run resumed with 16 and 32 ms STFT windows added: onsets (drums) and tempo
+  "$PY" training/vae.py --config training/configs/demo_vae_onsets.json --name demo-vae \
+      --storage-path "$WORK" --export-dir "$WORK/vae-export" --max-steps "$VAE_STEPS" \
       --set manifest="$WORK/songs/manifest.jsonl"
   "$PY" training/recipes/demo_latent_scale.py --model-dir "$WORK/vae-export" \
       --manifest "$WORK/songs/manifest.jsonl" --count 40
@@ -70,7 +66,7 @@ if [ ! -f "$WORK/shards/index.json" ]; then
       --set encoder_kwargs="{\"model_dir\": \"$WORK/vae-export\", \"device\": \"cpu\"}" \
       --set tokenizer_kwargs="{\"vocab\": \"$WORK/vae-export\"}" \
       --set style_kwargs="{\"model_dir\": \"$WORK/vae-export\"}" \
-      --set 'ssl=[{"name": "spectral", "cls": "training.recipes.demo_features:SpectralFeatures"}]'
+      --set 'ssl=[{"name": "spectral", "cls": "training.recipes.demo_features:SpectralFeatures", "kwargs": {"onset_points": 4}}]'
   mark prepare $(( $(stamp) - t ))
 fi
 
