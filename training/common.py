@@ -464,11 +464,12 @@ def parse_args(
 
 
 def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> TrainConfig:
-    """Make ``cfg.PATH_FIELDS`` that name existing local paths absolute (relative to ``base`` or the cwd).
+    """Make relative local paths in ``cfg.PATH_FIELDS`` absolute (relative to ``base`` or the cwd).
 
     Ray Train workers do not run in the driver's working directory, so ``--set manifest=songs/m.jsonl``
-    would otherwise point nowhere on a worker. Values that are URIs, empty or not an existing path
-    here (a model-hub id, or a folder that is only created later) are left as they are.
+    would otherwise point nowhere on a worker. A value counts as a local path when its parent folder
+    exists here (inputs and outputs alike); URIs, empty values and model-hub ids such as
+    ``org/name`` (no folder ``org`` here) are left as they are.
     """
     base = Path.cwd() if base is None else base
     for name in cfg.PATH_FIELDS:
@@ -476,7 +477,7 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> TrainConfig:
         if not value or "://" in value:
             continue
         path = Path(value).expanduser()
-        if not path.is_absolute() and ((base / path).exists() or name == "export_dir"):
+        if not path.is_absolute() and (base / path).parent.is_dir():
             setattr(cfg, name, str((base / path).resolve()))
     return cfg
 
