@@ -82,8 +82,9 @@ def test_fused_store_matches_separate_passes_with_one_forward_less_per_block(ref
     (fused_out, fused_calls), (sep_out, sep_calls) = runs[True], runs[False]
     assert _rel(fused_out, sep_out) <= 1e-5
     blocks = 4
-    assert sep_calls == 1 + blocks * case["steps"]  # lyrics + (steps-1 probes + 1 store) per block
-    assert fused_calls == 1 + blocks * (case["steps"] - 1)  # stores ride along; the last block is never stored
+    lyrics = 2  # the lyrics, then one null token for the whole guidance branch
+    assert sep_calls == lyrics + blocks * case["steps"]  # (steps-1 probes + 1 store) per block
+    assert fused_calls == lyrics + blocks * (case["steps"] - 1)  # stores ride along; the last block is never stored
 
 
 def test_seeded_generator_is_reproducible(ref_model: DiT) -> None:
@@ -154,3 +155,53 @@ def test_bad_arguments_are_clear_errors(ref_model: DiT, kwargs: dict, message: s
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         sample_latents(ref_model, **args)
+
+
+def test_cpu_packed_linears_match_plain_linears_and_are_removed_afterwards(ref_model: DiT, tiny_reference: dict,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from dr2studio.models.cpu_linear import packing_supported
+
+    if not packing_supported(ref_model):
+        pytest.skip("this torch build has no oneDNN linear ops")
+    case = tiny_reference["sampler_cases"][0]
+    packed_during: list[int] = []
+
+    def count_packed(i: int, block: torch.Tensor) -> None:
+        packed_during.append(sum("forward" in m.__dict__ for m in ref_model.modules()))
+
+    runs = {}
+    for pack in (True, False):
+        monkeypatch.setattr(BlockSampler, "pack_cpu_linears", pack)
+        runs[pack] = sample_latents(ref_model, case["text"], case["style"], 40, steps=case["steps"],
+                                    cfg_strength=case["cfg"], noise=case["noise"], on_block=count_packed)
+    assert _rel(runs[True], runs[False]) <= 1e-5
+    assert packed_during[0] > 0 and packed_during[-1] == 0  # packed while sampling, plain when switched off
+    assert not any("forward" in m.__dict__ for m in ref_model.modules())  # nothing left behind
+
+
+def test_null_lyrics_are_computed_once_and_fill_the_same_cache(ref_model: DiT, tiny_reference: dict,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guidance branch's N null tokens are one token broadcast: same cache and output as N tokens."""
+    case = tiny_reference["sampler_cases"][0]
+    caches, outs = [], []
+    for dedupe in (True, False):
+        if not dedupe:  # the reference-numerics switch also restores every-token lyrics; isolate that part
+            orig = BlockSampler._cache_text
+
+            def full_text(self: BlockSampler, style: torch.Tensor) -> None:
+                object.__setattr__(self.settings, "reference_numerics", True)
+                try:
+                    orig(self, style)
+                finally:
+                    object.__setattr__(self.settings, "reference_numerics", False)
+
+            monkeypatch.setattr(BlockSampler, "_cache_text", full_text)
+        s = BlockSampler(ref_model, case["text"], case["style"], 20, SamplerSettings(steps=case["steps"], cfg_strength=case["cfg"]),
+                         noise=case["noise"])
+        s.prepare()
+        n = case["text"].shape[1]
+        caches.append(torch.stack([k[:, :, :n] for k in s.cache.k] + [v[:, :, :n] for v in s.cache.v]))
+        list(s.blocks())
+        outs.append(s.latents)
+    assert _rel(caches[0], caches[1]) <= 1e-5
+    assert _rel(outs[0], outs[1]) <= 1e-5

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dr2studio.models.dit import apply_rotary
+
 __all__ = ["BlockKVCache", "block_causal_mask"]
 
 
@@ -65,14 +67,34 @@ class BlockKVCache:
         self.text_mask = text_mask
         self._mode = "probe"
         self._n = 0
+        self._rows = 0
+        self._null_rope: tuple[Tensor, Tensor] | None = None
         self._lo = 0
         self._mask: Tensor | None = None
 
     # -- call setup: one per model forward, shared by all layers --------------------------------
-    def begin_text(self) -> None:
-        """Next forward holds the lyric tokens: they attend to themselves only."""
+    def begin_text(self, rows: int | None = None) -> None:
+        """Next forward holds the lyric tokens of cache rows ``[:rows]`` (default: all rows).
+
+        Lyric tokens attend to themselves only.
+        """
         self._mode, self._n = "text", self.text_len
-        self._mask = None if self.text_mask is None else self.text_mask[:, None, None, :]
+        self._rows = self.k[0].shape[0] if rows is None else rows
+        self._mask = None if self.text_mask is None else self.text_mask[: self._rows, None, None, :]
+
+    def begin_null_text(self, first_row: int, cos: Tensor, sin: Tensor) -> None:
+        """Next forward holds ONE null lyric token at position 0; it fills rows ``[first_row:]``.
+
+        The guidance branch's lyrics are N filler tokens with a zero style: every position has
+        the same input, so (attention over identical values returns that value) every layer's
+        hidden state is the same at all N positions. One token is computed; its key is rotated to
+        each position with ``cos, sin`` ``[1, 1, N, hd]`` and its value broadcast. Same cache
+        contents as N tokens, up to float rounding, for 1/N of the work.
+        """
+        self._mode, self._n = "null_text", 1
+        self._rows = first_row
+        self._null_rope = (cos, sin)
+        self._mask = None
 
     def begin_block(self, n: int, *, query_mask: Tensor | None = None) -> None:
         """Next forward holds ``n`` latent frames appended after the clean history.
@@ -115,9 +137,15 @@ class BlockKVCache:
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         kc, vc = self.k[layer], self.v[layer]
         if self._mode == "text":
-            kc[:, :, : self.text_len] = k
-            vc[:, :, : self.text_len] = v
+            kc[: self._rows, :, : self.text_len] = k
+            vc[: self._rows, :, : self.text_len] = v
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask)
+        if self._mode == "null_text":  # k is unrotated (position 0): rotate it to every lyric position
+            cos, sin = self._null_rope
+            rows = kc.shape[0] - self._rows
+            kc[self._rows :, :, : self.text_len] = apply_rotary(k.expand(rows, -1, self.text_len, -1), cos, sin)
+            vc[self._rows :, :, : self.text_len] = v.expand(rows, -1, self.text_len, -1)
+            return v
         start = self.text_len + self.length
         end = start + self._n
         kc[:, :, start:end] = k

@@ -13,6 +13,7 @@ frame (the reference drops it) and the output never exceeds ``max_frames``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dr2studio.flow.kv_cache import BlockKVCache, block_causal_mask
+from dr2studio.models.cpu_linear import packed_linears
 from dr2studio.models.dit import COND_DIM, DiT, rotary_tables
 
 __all__ = ["EOP_THRESHOLD", "SamplerSettings", "BlockSampler", "sample_latents", "eop_distance"]
@@ -71,6 +73,9 @@ class BlockSampler:
     #: Store each finished block in the same forward as the next block's first probe (same
     #: result, one forward fewer per block). False restores separate store passes (benchmarks).
     fuse_store: bool = True
+    #: On CPU in float32, run the linears through oneDNN weights reordered once per song (see
+    #: :mod:`dr2studio.models.cpu_linear`). False keeps ``F.linear`` (benchmarks compare both).
+    pack_cpu_linears: bool = True
 
     def __init__(
         self,
@@ -178,16 +183,26 @@ class BlockSampler:
         n_text = self._tokens.shape[1]
         if n_text == 0:
             return
-        tokens = torch.cat((self._tokens, torch.zeros_like(self._tokens))) if self.guided else self._tokens
-        self.cache.begin_text()
-        x = self.model.embed_text(tokens)
-        self.model(x, self._time(-1.0, x.shape[0]), style, self._rope(0, n_text), self.cache, need_output=False)
+        if not self.guided or self.settings.reference_numerics:  # every lyric token computed, as the reference
+            tokens = torch.cat((self._tokens, torch.zeros_like(self._tokens))) if self.guided else self._tokens
+            self.cache.begin_text()
+            x = self.model.embed_text(tokens)
+            self.model(x, self._time(-1.0, x.shape[0]), style, self._rope(0, n_text), self.cache, need_output=False)
+            return
+        b = self.batch
+        self.cache.begin_text(rows=b)
+        x = self.model.embed_text(self._tokens)
+        self.model(x, self._time(-1.0, b), style[:b], self._rope(0, n_text), self.cache, need_output=False)
+        # the guidance branch: N identical null tokens -> one token, broadcast (see begin_null_text)
+        self.cache.begin_null_text(b, *self._rope(0, n_text))
+        null = self.model.embed_text(torch.zeros(1, 1, dtype=torch.long, device=self.model.device))
+        self.model(null, self._time(-1.0, 1), style[b : b + 1], self._rope(0, 1), self.cache, need_output=False)
 
     def _store(self, frames: Tensor, style: Tensor, start: int, query_mask: Tensor | None = None) -> None:
         """Push clean frames ``[B, n, M]`` into both caches with time +1."""
         n = frames.shape[1]
         self.cache.begin_block(n, query_mask=query_mask)
-        e = self.model.embed_latents(self._dup(frames))
+        e = self._dup(self.model.embed_latents(frames))
         self.model(e, self._time(1.0, e.shape[0]), style, self._rope(start, n), self.cache, need_output=False)
         self.cache.commit()
 
@@ -210,7 +225,7 @@ class BlockSampler:
         b, n = clean.shape[1], x.shape[1]
         rows = style.shape[0]
         self.cache.begin_block(b + n, query_mask=block_causal_mask(b + n, b, self.model.device))
-        e = self.model.embed_latents(self._dup(torch.cat((clean, x), dim=1)))
+        e = self._dup(self.model.embed_latents(torch.cat((clean, x), dim=1)))  # same frames in both branches
         time = torch.cat((self._time(1.0, rows).expand(rows, b), self._time(t, rows).expand(rows, n)), dim=1)
         v = self.model(e, time, style, self._rope(start, b + n), self.cache)[:, b:].to(self._ode_dtype)
         self.cache.commit(b)
@@ -224,7 +239,7 @@ class BlockSampler:
         style = self._branch_style()
         n = x.shape[1]
         self.cache.begin_block(n)
-        e = self.model.embed_latents(self._dup(x))
+        e = self._dup(self.model.embed_latents(x))
         v = self.model(e, self._time(t, style.shape[0]), style, self._rope(start, n), self.cache).to(self._ode_dtype)
         return self._guide(v)
 
@@ -266,6 +281,12 @@ class BlockSampler:
     @torch.inference_mode()
     def blocks(self, on_block: BlockCallback | None = None) -> Iterator[Tensor]:
         """Yield each finished block's kept frames ``[B, k, M]`` (k < b only at the end)."""
+        rows = (2 if self.guided else 1) * self.batch * self.block_size
+        packing = packed_linears(self.model, rows) if self.pack_cpu_linears else contextlib.nullcontext()
+        with packing:
+            yield from self._blocks(on_block)
+
+    def _blocks(self, on_block: BlockCallback | None) -> Iterator[Tensor]:
         if not self._prepared:
             self.prepare()
         style = self._branch_style()

@@ -96,7 +96,8 @@ def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype,
     return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [.., n, hd]`` by the tables of :func:`rotary_tables` (half-split pairs, as Llama)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -136,7 +137,7 @@ class Attention(nn.Module):
         q = self.q_norm(self.q_proj(x).view(shape)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(shape)).transpose(1, 2)
         v = self.v_proj(x).view(shape).transpose(1, 2)
-        out = ctx.attend(layer, _rotate(q, cos, sin), _rotate(k, cos, sin), v)
+        out = ctx.attend(layer, apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
