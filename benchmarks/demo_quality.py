@@ -4,9 +4,11 @@
     python benchmarks/demo_quality.py --only-real --count 16          # the upper bound alone, no model
 
 For held-out seeds (900000 on; training data uses lower seeds) the synthetic-song generator makes a
-song with LRC lyrics and a style text ("pop, 112 bpm, A minor, ..."). Three rows are measured:
+song with LRC lyrics and a style text ("pop, 112 bpm, A minor, ..."). Up to four rows are measured:
 
 - ``real``: the synthetic songs themselves (what a perfect model would score);
+- ``vae``: the real songs encoded and decoded by the model's VAE (skipped when the model directory
+  has no encoder): the ceiling any DiT over this VAE can reach;
 - ``model``: ``Studio.load(--model).generate(lyrics, style, duration, steps, cfg_strength, seed)``;
 - ``random``: the same model directory with the DiT re-initialised (a fresh ``DiT(config)`` under a
   fixed seed; decoder, style encoder and phoneme table kept), the lower bound.
@@ -170,6 +172,31 @@ def studio_renderer(model: str | Path, args: argparse.Namespace) -> Callable[[Sy
     return render
 
 
+def vae_renderer(model_dir: Path, args: argparse.Namespace) -> Callable[[SynthSong, int], tuple[np.ndarray, int]] | None:
+    """Encode -> decode with the model's own VAE, or None when the directory has no encoder."""
+    import torch
+    import torchaudio.functional as AF
+
+    from dr2studio.models.bigvgan import load_decoder
+    from dr2studio.models.encoder import has_encoder, load_encoder
+
+    if not has_encoder(model_dir):
+        return None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder, decoder = load_encoder(model_dir, device=device).eval(), load_decoder(model_dir, device=device).eval()
+    sr, hop = encoder.sample_rate, encoder.hop_length
+
+    def render(song: SynthSong, i: int) -> tuple[np.ndarray, int]:
+        x = torch.from_numpy(np.asarray(song.audio, np.float32)).reshape(-1, np.shape(song.audio)[-1]).mean(0)
+        x = AF.resample(x, song.sample_rate, sr)
+        x = x[: x.shape[0] // hop * hop].to(device)
+        with torch.inference_mode():
+            y = decoder(encoder(x[None, None], sample=False).transpose(1, 2))  # [B, C, T] for the decoder
+        return y.reshape(-1).float().cpu().numpy(), sr
+
+    return render
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model directory (or hub id) to measure")
@@ -182,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--only-real", action="store_true", help="measure the synthetic songs only (no model needed)")
     p.add_argument("--no-random", action="store_true", help="skip the randomly initialised model")
+    p.add_argument("--no-vae", action="store_true", help="skip the VAE reconstruction row")
     p.add_argument("--json", help="also write the table to this JSON file")
     args = p.parse_args(argv)
     if args.count < 1:
@@ -198,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         from dr2studio.checkpoints import resolve_model_dir
 
         model_dir = resolve_model_dir(args.model)
+        if not args.no_vae and (vae := vae_renderer(model_dir, args)) is not None:
+            rows.append(measure("vae", songs, vae))
         rows.append(measure("model", songs, studio_renderer(model_dir, args)))
         if not args.no_random:
             with tempfile.TemporaryDirectory(prefix="dr2-random-") as tmp:

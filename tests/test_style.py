@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dr2studio.config import ConfigError
 from dr2studio.style import (
     MuQStyleEncoder,
     MuQUnavailableError,
@@ -210,6 +211,22 @@ def test_tag_encoder_is_deterministic_and_meaningful():
     assert torch.allclose(batch[0], va, atol=1e-6)
     seeded = TagStyleEncoder(TagStyleConfig(seed=5)).embed_text(text)
     assert not torch.allclose(seeded, va)
+
+
+def test_tag_encoder_scale_sets_the_length_and_old_configs_stay_unit(tmp_path):
+    text = "pop, 120 bpm, A minor, piano"
+    unit = TagStyleEncoder().embed_text(text)
+    big = TagStyleEncoder(TagStyleConfig(scale=22.5))
+    assert abs(float(big.embed_text(text).norm()) - 22.5) < 1e-4
+    assert torch.allclose(big.embed_text(text), 22.5 * unit, atol=1e-5)  # same direction
+    big.save(tmp_path)
+    assert abs(float(TagStyleEncoder.load(tmp_path).embed_text(text).norm()) - 22.5) < 1e-4
+    cfg = json.loads((tmp_path / "style_encoder.json").read_text())
+    del cfg["scale"]  # a file written before the field existed
+    (tmp_path / "style_encoder.json").write_text(json.dumps(cfg))
+    assert abs(float(TagStyleEncoder.load(tmp_path).embed_text(text).norm()) - 1.0) < 1e-5
+    with pytest.raises(ConfigError, match="scale"):
+        TagStyleConfig(scale=0.0).validate()
 
 
 def test_tag_encoder_trains(tmp_path):

@@ -104,3 +104,25 @@ def test_relative_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch)
     assert "PATH_FIELDS" not in cfg.to_dict()
     bfm = common.absolute_paths(block_fm.BlockFMTrainConfig(data="songs", storage_path="s3://bucket/runs"))
     assert bfm.data == str(tmp_path / "songs") and bfm.storage_path == "s3://bucket/runs"
+
+
+def test_vae_decoder_fine_tune_with_a_frozen_encoder_keeps_the_latent_space(tmp_path):
+    from dr2studio.models.bigvgan import save_decoder
+    from dr2studio.models.encoder import save_encoder
+
+    cfg = vae.smoke_config()
+    gen, _ = vae.build_models(cfg)
+    save_encoder(gen.encoder, tmp_path)
+    save_decoder(gen.decoder, tmp_path)
+    tuned = vae.VAETrainConfig.from_dict({**cfg.to_dict(), "encoder_from": str(tmp_path), "decoder_from": str(tmp_path),
+                                          "train_decoder": True, "train_encoder": False})
+    tuned.validate()
+    gen2, _ = vae.build_models(tuned)
+    assert not any(p.requires_grad for p in gen2.encoder.parameters())
+    assert all(p.requires_grad for p in gen2.decoder.parameters())
+    opt = common.make_optimizer(gen2.parameters(), tuned)
+    trainable = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert trainable == {id(p) for p in gen2.decoder.parameters()}  # the optimiser never sees the encoder
+    for bad, message in (({"encoder_from": ""}, "needs encoder_from"), ({"train_decoder": False}, "nothing to train")):
+        with pytest.raises(common.ConfigError, match=message):
+            vae.VAETrainConfig.from_dict({**tuned.to_dict(), **bad}).validate()

@@ -60,6 +60,9 @@ class VAETrainConfig(TrainConfig):
     decoder_from: str = ""  # model directory whose decoder is used (and frozen unless train_decoder)
     encoder_from: str = ""  # model directory whose encoder weights start the run
     train_decoder: bool = False  # with decoder_from: fine-tune the decoder too
+    # False (needs encoder_from): the encoder is frozen, so the latent space -- and any DiT trained on
+    # it -- stays valid while the decoder is fine-tuned (decoder_from + train_decoder, or a fresh one)
+    train_encoder: bool = True
     segment_seconds: float = 2.0
     disc_lr: float = 0.0  # 0 = same as lr
 
@@ -67,6 +70,11 @@ class VAETrainConfig(TrainConfig):
         super().validate()
         if self.segment_seconds <= 0:
             raise common.ConfigError(f"segment_seconds must be > 0, got {self.segment_seconds}")
+        if not self.train_encoder and not self.encoder_from:
+            raise common.ConfigError("train_encoder=false needs encoder_from (a frozen encoder must be a trained one)")
+        if not self.train_encoder and self.decoder_frozen:
+            raise common.ConfigError("train_encoder=false with a frozen decoder leaves nothing to train "
+                                     "(set train_decoder=true or drop decoder_from)")
 
     @property
     def decoder_frozen(self) -> bool:
@@ -123,6 +131,7 @@ def build_models(cfg: VAETrainConfig) -> tuple[Generator, nn.Module]:
     if cfg.encoder_from:
         path = Path(cfg.encoder_from).expanduser() / "encoder.safetensors"
         load_strict(encoder, read_state_dict(path), str(path))
+    encoder.requires_grad_(cfg.train_encoder)
     if cfg.decoder_from:
         decoder = load_decoder(cfg.decoder_from, device="cpu", dtype=torch.float32)
         decoder.requires_grad_(not cfg.decoder_frozen)
@@ -166,6 +175,8 @@ def train_loop(loop_config: dict) -> None:
     state = common.restore(modules=modules, optimizers=optimizers, schedulers=schedulers)
     if cfg.decoder_frozen:
         common.unwrap(g).decoder.eval()
+    if not cfg.train_encoder:
+        common.unwrap(g).encoder.eval()
 
     rows = read_manifest(cfg.manifest)
     stream = AudioSegmentStream(rows, sr, int(cfg.segment_seconds * sr), cfg.batch_size,
@@ -244,7 +255,8 @@ def export(cfg: VAETrainConfig, checkpoint_dir: str | Path, dst: str | Path | No
     save_decoder(gen.decoder, dst)
     meta = common.read_checkpoint_meta(checkpoint_dir)
     write_training_info(dst, "vae", {"run": cfg.name, "step": meta["step"], "manifest": cfg.manifest,
-                                     "decoder_from": cfg.decoder_from, "decoder_frozen": cfg.decoder_frozen})
+                                     "decoder_from": cfg.decoder_from, "decoder_frozen": cfg.decoder_frozen,
+                                     "encoder_from": cfg.encoder_from, "encoder_frozen": not cfg.train_encoder})
     log.info("exported VAE to %s", dst)
     return dst
 

@@ -1,7 +1,8 @@
 """A MuQ-free style encoder for dr2studio's own small models: style tags -> a 512-d unit vector.
 
 Text is parsed into weighted tags (:mod:`dr2studio.style.tags`); the tag embeddings are averaged with
-their weights (``EmbeddingBag``), projected to 512 and L2-normalised like MuQ-MuLan's output. The initial
+their weights (``EmbeddingBag``), projected to 512 and L2-normalised like MuQ-MuLan's output (then scaled by ``scale``, 1 unless the
+config says otherwise). The initial
 weights come from a seeded generator, so an untrained encoder is already a fixed, deterministic map (the
 demo model can be trained against it, or train it jointly). Saved beside a model as
 ``style_encoder.json`` + ``style_encoder.safetensors``.
@@ -42,6 +43,10 @@ class TagStyleConfig(JsonConfig):
     dim: int = STYLE_DIM
     hidden: int = 256
     seed: int = 0
+    #: Length of the output vectors. 1 is MuQ-MuLan's convention. The DiT adds the style to every
+    #: token's input, where lyric embeddings have unit RMS per component; a unit-length style has
+    #: 1/sqrt(512) and a small DiT trained briefly learns to ignore it. sqrt(512) matches the two.
+    scale: float = 1.0
     tags: list[str] = dataclasses.field(default_factory=default_tag_vocab)
 
     def validate(self) -> None:
@@ -51,12 +56,14 @@ class TagStyleConfig(JsonConfig):
             raise ConfigError(f"TagStyleConfig: dim must be {STYLE_DIM} (the DiT's style width), got {self.dim}")
         if self.hidden < 1:
             raise ConfigError(f"TagStyleConfig: hidden must be >= 1, got {self.hidden}")
+        if not self.scale > 0:
+            raise ConfigError(f"TagStyleConfig: scale must be > 0, got {self.scale}")
         if not self.tags or self.tags[0] != "<none>" or len(set(self.tags)) != len(self.tags):
             raise ConfigError("TagStyleConfig: tags must be unique and start with '<none>'")
 
 
 class TagStyleEncoder(nn.Module):
-    """Weighted tag bag -> ``[B, 512]`` unit vectors."""
+    """Weighted tag bag -> ``[B, 512]`` vectors of length ``config.scale`` (unit by default)."""
 
     def __init__(self, config: TagStyleConfig | None = None) -> None:
         super().__init__()
@@ -75,8 +82,8 @@ class TagStyleEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``ids [K]`` tag indices of all texts, ``offsets [B]`` start of each text in ``ids``, ``weights [K]``
-        (summing to 1 within each text) -> ``[B, 512]`` unit vectors."""
-        return F.normalize(self.proj(self.tags(ids, offsets, per_sample_weights=weights)), dim=-1)
+        (summing to 1 within each text) -> ``[B, 512]`` vectors of length ``config.scale``."""
+        return self.config.scale * F.normalize(self.proj(self.tags(ids, offsets, per_sample_weights=weights)), dim=-1)
 
     def _bag(self, parsed: StyleTags) -> tuple[list[int], list[float]]:
         ids, weights = [], []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def synth_words() -> list[str]:
     return sorted({w.replace("-", "") for ws in LEXICON.values() for w in ws})
 
 
+#: The demo style vectors' length: unit RMS per component, like the lyric embeddings they sit beside
+#: in the DiT's input. At length 1 the demo DiT's loss did not depend on the style at all.
+STYLE_SCALE = math.sqrt(512)
+
+
 def write_assets(out: Path, style_seed: int = 0) -> dict[str, object]:
     """Write ``vocab.json`` and ``style_encoder.*`` into ``out``; returns a summary."""
     from dr2studio.style.tag_encoder import TagStyleConfig, TagStyleEncoder
@@ -64,8 +70,8 @@ def write_assets(out: Path, style_seed: int = 0) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     table = english_phone_table(synth_words())
     atomic_write_text(out / "vocab.json", json.dumps({"vocab": table}, ensure_ascii=False, indent=1) + "\n")
-    TagStyleEncoder(TagStyleConfig(seed=style_seed)).save(out)
-    summary = {"phones": len(table), "style_seed": style_seed}
+    TagStyleEncoder(TagStyleConfig(seed=style_seed, scale=STYLE_SCALE)).save(out)
+    summary = {"phones": len(table), "style_seed": style_seed, "style_scale": STYLE_SCALE}
     log.info("wrote %s: %d phones, tag style encoder (seed %d)", out, len(table), style_seed)
     return summary
 
