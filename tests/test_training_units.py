@@ -125,4 +125,4 @@ def test_vae_decoder_fine_tune_with_a_frozen_encoder_keeps_the_latent_space(tmp_
     assert trainable == {id(p) for p in gen2.decoder.parameters()}  # the optimiser never sees the encoder
     for bad, message in (({"encoder_from": ""}, "needs encoder_from"), ({"train_decoder": False}, "nothing to train")):
         with pytest.raises(common.ConfigError, match=message):
-            vae.VAETrainConfig.from_dict({**tuned.to_dict(), **bad}).validate()
+            vae.build_models(vae.VAETrainConfig.from_dict({**tuned.to_dict(), **bad}))

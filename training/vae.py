@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -70,11 +71,6 @@ class VAETrainConfig(TrainConfig):
         super().validate()
         if self.segment_seconds <= 0:
             raise common.ConfigError(f"segment_seconds must be > 0, got {self.segment_seconds}")
-        if not self.train_encoder and not self.encoder_from:
-            raise common.ConfigError("train_encoder=false needs encoder_from (a frozen encoder must be a trained one)")
-        if not self.train_encoder and self.decoder_frozen:
-            raise common.ConfigError("train_encoder=false with a frozen decoder leaves nothing to train "
-                                     "(set train_decoder=true or drop decoder_from)")
 
     @property
     def decoder_frozen(self) -> bool:
@@ -127,6 +123,12 @@ def build_models(cfg: VAETrainConfig) -> tuple[Generator, nn.Module]:
     from dr2studio.models.bigvgan import load_decoder
     from dr2studio.vae.checkpoint_io import load_strict, read_state_dict
 
+    # checked here, not in validate(): a config file may leave the source folders to --set
+    if not cfg.train_encoder and not cfg.encoder_from:
+        raise common.ConfigError("train_encoder=false needs encoder_from (a frozen encoder must be a trained one)")
+    if not cfg.train_encoder and cfg.decoder_frozen:
+        raise common.ConfigError("train_encoder=false with a frozen decoder leaves nothing to train "
+                                 "(set train_decoder=true or drop decoder_from)")
     encoder = MusicEncoder(cfg.encoder_config())
     if cfg.encoder_from:
         path = Path(cfg.encoder_from).expanduser() / "encoder.safetensors"
@@ -254,7 +256,11 @@ def export(cfg: VAETrainConfig, checkpoint_dir: str | Path, dst: str | Path | No
     save_encoder(gen.encoder, dst)
     save_decoder(gen.decoder, dst)
     meta = common.read_checkpoint_meta(checkpoint_dir)
-    write_training_info(dst, "vae", {"run": cfg.name, "step": meta["step"], "manifest": cfg.manifest,
+    earlier = Path(cfg.encoder_from).expanduser() / "dr2studio.json" if cfg.encoder_from else None
+    if earlier is not None and earlier.is_file() and not (dst / "dr2studio.json").exists():
+        shutil.copy2(earlier, dst / "dr2studio.json")  # keep the history of the VAE this run started from
+    stage = "vae" if cfg.train_encoder else "vae_decoder_finetune"
+    write_training_info(dst, stage, {"run": cfg.name, "step": meta["step"], "manifest": cfg.manifest,
                                      "decoder_from": cfg.decoder_from, "decoder_frozen": cfg.decoder_frozen,
                                      "encoder_from": cfg.encoder_from, "encoder_frozen": not cfg.train_encoder})
     log.info("exported VAE to %s", dst)

@@ -30,6 +30,7 @@ MIN_PACKED_WEIGHT = 1 << 16
 
 _lock = threading.Lock()
 _depth: dict[int, int] = {}  # id(model) -> how many packed_linears blocks are open on it
+_installed: dict[int, list[tuple[nn.Linear, Callable[[Tensor], Tensor]]]] = {}  # id(model) -> what we set
 
 
 def packing_supported(model: nn.Module) -> bool:
@@ -76,11 +77,14 @@ def packed_linears(model: nn.Module, rows_hint: int = 32) -> Iterator[bool]:
     key = id(model)
     with _lock:
         if _depth.get(key, 0) == 0:
+            installed = []
             with torch.no_grad():
                 for m in _linears(model):
                     packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows_hint)
-                    m.forward = _packed_forward(m, packed)  # instance attribute shadows Linear.forward
-            log.debug("packed %d linears of %s for oneDNN", len(_linears(model)), type(model).__name__)
+                    m.forward = fwd = _packed_forward(m, packed)  # instance attribute shadows Linear.forward
+                    installed.append((m, fwd))
+            _installed[key] = installed
+            log.debug("packed %d linears of %s for oneDNN", len(installed), type(model).__name__)
         _depth[key] = _depth.get(key, 0) + 1
     try:
         yield True
@@ -89,5 +93,6 @@ def packed_linears(model: nn.Module, rows_hint: int = 32) -> Iterator[bool]:
             _depth[key] -= 1
             if _depth[key] == 0:
                 del _depth[key]
-                for m in _linears(model):
-                    m.__dict__.pop("forward", None)
+                for m, fwd in _installed.pop(key, []):
+                    if m.__dict__.get("forward") is fwd:  # only undo what this module set
+                        del m.forward

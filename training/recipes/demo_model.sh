@@ -92,7 +92,7 @@ data = json.load(open(path, encoding="utf-8"))
 data["recipe"] = "training/recipes/demo_model.sh"
 data["wall_seconds"] = {k: int(v) for k, v in (line.split() for line in open(times) if line.strip())}
 data["description"] = ("dr2studio demo model: VAE + DiT trained on CPU by training/vae.py and training/block_fm.py "
-                       "on procedurally generated songs (training/synth_songs.py); 8 kHz audio, 10 Hz x 64 latents")
+                       "on procedurally generated songs (training/synth_songs.py); 8 kHz audio, 40 Hz x 32 latents")
 open(path, "w", encoding="utf-8").write(json.dumps(data, indent=2) + "\n")
 EOF
   du -sh "$DEST" >&2
