@@ -3,7 +3,6 @@
     python benchmarks/sampler.py                       # tiny + 35.6M configs on this machine
     python benchmarks/sampler.py --configs 1b --seconds 210   # the released size (GPU)
     python benchmarks/sampler.py --configs 35m --baseline     # also time a re-concatenating cache
-    python benchmarks/sampler.py --configs 35m --unpacked     # also time F.linear (no oneDNN packing)
 
 The ``--baseline`` row swaps in a cache that re-concatenates the whole history at every call,
 as the reference does, so both can be compared on the same machine.
@@ -38,7 +37,7 @@ class ConcatCache(BlockKVCache):
     """The reference's strategy: concatenate stored history and new keys at every call."""
 
     def attend(self, layer, q, k, v):  # type: ignore[override]
-        if self._mode == "text":
+        if self._mode != "block":  # lyrics: written once, nothing to re-concatenate
             return super().attend(layer, q, k, v)
         start = self.text_len + self.length
         hist_k = self.k[layer][:, :, :start].clone()
@@ -66,7 +65,7 @@ def _peak_mb(device: torch.device, rss_before: float) -> float:
 
 
 def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: torch.device, dtype: torch.dtype, baseline: bool,
-        separate_store: bool = False, max_blocks: int | None = None, packed: bool = True) -> dict:
+        separate_store: bool = False, max_blocks: int | None = None) -> dict:
     config = CONFIGS[name]
     rss_before = _rss_mb()
     torch.manual_seed(0)
@@ -84,7 +83,6 @@ def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: 
     if baseline:
         sampler_mod.BlockKVCache = ConcatCache
     BlockSampler.fuse_store = not (baseline or separate_store)
-    BlockSampler.pack_cpu_linears = packed and not baseline  # the reference calls F.linear
     try:
         s = BlockSampler(model, torch.randint(1, 500, (1, tokens)), torch.randn(1, 512), frames,
                          SamplerSettings(steps=steps, cfg_strength=cfg, eop_threshold=-1.0),
@@ -104,11 +102,10 @@ def run(name: str, seconds: float, steps: int, cfg: float, tokens: int, device: 
     finally:
         sampler_mod.BlockKVCache = original
         BlockSampler.fuse_store = True
-        BlockSampler.pack_cpu_linears = True
     k = max(1, min(3, len(times) // 4))
     first = sum(times[1 : 1 + k]) / k if len(times) > k else times[0]  # skip block 0 (includes lyrics pass)
     end = sum(times[-k:]) / k
-    label = " (concat cache)" if baseline else " (separate store)" if separate_store else " (F.linear)" if not packed else ""
+    label = " (concat cache)" if baseline else " (separate store)" if separate_store else ""
     return dict(config=name + label, params=f"{params:.1f}M", device=str(device),
                 dtype=str(dtype).replace("torch.", ""), song_s=seconds, total_s=total, first_block_s=first,
                 last_block_s=end, growth=end / first, rtf=total / seconds if max_blocks is None else float("nan"), peak_mb=_peak_mb(device, rss_before))
@@ -130,8 +127,6 @@ def main() -> None:
                          "peak memory of a long song on a slow device; rtf is then not reported")
     ap.add_argument("--separate-store", action="store_true",
                     help="also time separate store passes (a forward per finished block, as the reference does)")
-    ap.add_argument("--unpacked", action="store_true",
-                    help="also time plain F.linear instead of oneDNN-reordered weights (CPU float32 only)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,8 +135,6 @@ def main() -> None:
     rows = []
     for name in args.configs:
         rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, False, max_blocks=args.max_blocks))
-        if args.unpacked:
-            rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, False, packed=False))
         if args.separate_store:
             rows.append(run(name, args.seconds, args.steps, args.cfg, args.tokens, device, dtype, False, True))
         if args.baseline:

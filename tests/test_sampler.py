@@ -157,28 +157,6 @@ def test_bad_arguments_are_clear_errors(ref_model: DiT, kwargs: dict, message: s
         sample_latents(ref_model, **args)
 
 
-def test_cpu_packed_linears_match_plain_linears_and_are_removed_afterwards(ref_model: DiT, tiny_reference: dict,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from dr2studio.models.cpu_linear import packing_supported
-
-    if not packing_supported(ref_model):
-        pytest.skip("this torch build has no oneDNN linear ops")
-    case = tiny_reference["sampler_cases"][0]
-    packed_during: list[int] = []
-
-    def count_packed(i: int, block: torch.Tensor) -> None:
-        packed_during.append(sum("forward" in m.__dict__ for m in ref_model.modules()))
-
-    runs = {}
-    for pack in (True, False):
-        monkeypatch.setattr(BlockSampler, "pack_cpu_linears", pack)
-        runs[pack] = sample_latents(ref_model, case["text"], case["style"], 40, steps=case["steps"],
-                                    cfg_strength=case["cfg"], noise=case["noise"], on_block=count_packed)
-    assert _rel(runs[True], runs[False]) <= 1e-5
-    assert packed_during[0] > 0 and packed_during[-1] == 0  # packed while sampling, plain when switched off
-    assert not any("forward" in m.__dict__ for m in ref_model.modules())  # nothing left behind
-
-
 def test_null_lyrics_are_computed_once_and_fill_the_same_cache(ref_model: DiT, tiny_reference: dict,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The guidance branch's N null tokens are one token broadcast: same cache and output as N tokens."""

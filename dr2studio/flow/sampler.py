@@ -13,7 +13,6 @@ frame (the reference drops it) and the output never exceeds ``max_frames``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -23,7 +22,6 @@ import torch
 from torch import Tensor
 
 from dr2studio.flow.kv_cache import BlockKVCache, block_causal_mask
-from dr2studio.models.cpu_linear import packed_linears
 from dr2studio.models.dit import COND_DIM, DiT, rotary_tables
 
 __all__ = ["EOP_THRESHOLD", "SamplerSettings", "BlockSampler", "sample_latents", "eop_distance"]
@@ -73,9 +71,6 @@ class BlockSampler:
     #: Store each finished block in the same forward as the next block's first probe (same
     #: result, one forward fewer per block). False restores separate store passes (benchmarks).
     fuse_store: bool = True
-    #: On CPU in float32, run the linears through oneDNN weights reordered once per song (see
-    #: :mod:`dr2studio.models.cpu_linear`). False keeps ``F.linear`` (benchmarks compare both).
-    pack_cpu_linears: bool = True
 
     def __init__(
         self,
@@ -281,12 +276,6 @@ class BlockSampler:
     @torch.inference_mode()
     def blocks(self, on_block: BlockCallback | None = None) -> Iterator[Tensor]:
         """Yield each finished block's kept frames ``[B, k, M]`` (k < b only at the end)."""
-        rows = (2 if self.guided else 1) * self.batch * self.block_size
-        packing = packed_linears(self.model, rows) if self.pack_cpu_linears else contextlib.nullcontext()
-        with packing:
-            yield from self._blocks(on_block)
-
-    def _blocks(self, on_block: BlockCallback | None) -> Iterator[Tensor]:
         if not self._prepared:
             self.prepare()
         style = self._branch_style()
