@@ -173,26 +173,23 @@ def studio_renderer(model: str | Path, args: argparse.Namespace) -> Callable[[Sy
 
 
 def vae_renderer(model_dir: Path, args: argparse.Namespace) -> Callable[[SynthSong, int], tuple[np.ndarray, int]] | None:
-    """Encode -> decode with the model's own VAE, or None when the directory has no encoder."""
+    """Encode -> decode with the model's own VAE (the path ``extend`` uses), or None without an encoder."""
     import torch
-    import torchaudio.functional as AF
 
     from dr2studio.models.bigvgan import load_decoder
     from dr2studio.models.encoder import has_encoder, load_encoder
+    from dr2studio.vae.encode import encode_audio
 
     if not has_encoder(model_dir):
         return None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    encoder, decoder = load_encoder(model_dir, device=device).eval(), load_decoder(model_dir, device=device).eval()
-    sr, hop = encoder.sample_rate, encoder.hop_length
+    encoder, decoder = load_encoder(model_dir, device=device), load_decoder(model_dir, device=device)
 
     def render(song: SynthSong, i: int) -> tuple[np.ndarray, int]:
-        x = torch.from_numpy(np.asarray(song.audio, np.float32)).reshape(-1, np.shape(song.audio)[-1]).mean(0)
-        x = AF.resample(x, song.sample_rate, sr)
-        x = x[: x.shape[0] // hop * hop].to(device)
+        latents = encode_audio(song.audio, song.sample_rate, model_dir, method="encoder", encoder=encoder).latents
         with torch.inference_mode():
-            y = decoder(encoder(x[None, None], sample=False).transpose(1, 2))  # [B, C, T] for the decoder
-        return y.reshape(-1).float().cpu().numpy(), sr
+            audio = decoder.decode(latents)
+        return audio.reshape(-1).cpu().numpy(), decoder.sample_rate
 
     return render
 

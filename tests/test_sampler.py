@@ -167,11 +167,11 @@ def test_null_lyrics_are_computed_once_and_fill_the_same_cache(ref_model: DiT, t
             orig = BlockSampler._cache_text
 
             def full_text(self: BlockSampler, style: torch.Tensor) -> None:
-                object.__setattr__(self.settings, "reference_numerics", True)
+                self.settings.reference_numerics = True
                 try:
                     orig(self, style)
                 finally:
-                    object.__setattr__(self.settings, "reference_numerics", False)
+                    self.settings.reference_numerics = False
 
             monkeypatch.setattr(BlockSampler, "_cache_text", full_text)
         s = BlockSampler(ref_model, case["text"], case["style"], 20, SamplerSettings(steps=case["steps"], cfg_strength=case["cfg"]),

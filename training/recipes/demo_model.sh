@@ -59,7 +59,6 @@ if [ ! -f "$WORK/vae-export/decoder.safetensors" ]; then
       --manifest "$WORK/songs/manifest.jsonl" --count 40
   mark vae $(( $(stamp) - t ))
 fi
-cp "$WORK/assets/vocab.json" "$WORK/assets/style_encoder.json" "$WORK/assets/style_encoder.safetensors" "$WORK/vae-export/"
 
 if [ ! -f "$WORK/vae-gan-export/decoder.safetensors" ]; then
   t=$(stamp)
@@ -71,15 +70,16 @@ if [ ! -f "$WORK/vae-gan-export/decoder.safetensors" ]; then
       --set encoder_from="$WORK/vae-export" --set decoder_from="$WORK/vae-export"
   mark decoder_gan $(( $(stamp) - t ))
 fi
+# the finished VAE folder also holds the phoneme table and style encoder: data prep and export read them here
 cp "$WORK/assets/vocab.json" "$WORK/assets/style_encoder.json" "$WORK/assets/style_encoder.safetensors" "$WORK/vae-gan-export/"
 
 if [ ! -f "$WORK/shards/index.json" ]; then
   t=$(stamp)
   "$PY" training/prepare_data.py --manifest "$WORK/songs/manifest.jsonl" --output "$WORK/shards" \
       --set max_seconds=30 --set shard_size=100 \
-      --set encoder_kwargs="{\"model_dir\": \"$WORK/vae-export\", \"device\": \"cpu\"}" \
-      --set tokenizer_kwargs="{\"vocab\": \"$WORK/vae-export\"}" \
-      --set style_kwargs="{\"model_dir\": \"$WORK/vae-export\"}" \
+      --set encoder_kwargs="{\"model_dir\": \"$WORK/vae-gan-export\", \"device\": \"cpu\"}" \
+      --set tokenizer_kwargs="{\"vocab\": \"$WORK/vae-gan-export\"}" \
+      --set style_kwargs="{\"model_dir\": \"$WORK/vae-gan-export\"}" \
       --set 'ssl=[{"name": "spectral", "cls": "training.recipes.demo_features:SpectralFeatures", "kwargs": {"onset_points": 4}}]'
   mark prepare $(( $(stamp) - t ))
 fi
