@@ -328,8 +328,33 @@ def maybe_kill(cfg: TrainConfig, ctx: WorkerContext, step: int) -> None:
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("fault injection\n")
+    _wait_for_registered_checkpoint(cfg, step)
     log.warning("kill_at_step=%d: killing rank %d", step, ctx.rank)
     os.kill(os.getpid(), 9)
+
+
+def _wait_for_registered_checkpoint(cfg: TrainConfig, step: int, timeout_s: float = 60.0) -> None:
+    """Hold the injected fault until Ray's controller has registered the newest checkpoint.
+
+    Workers hand checkpoints to the controller, which picks reports up once per poll (2 s by
+    default). A fault a few fast steps after a checkpoint can land before the controller has seen
+    it, and the group then restarts from the previous one (or from scratch): correct for Ray, but
+    not the resume this fault exists to exercise. The controller's registry is the checkpoint
+    manager snapshot it writes into the run folder (a Ray Train v2 file; if it never names the
+    checkpoint, the fault fires anyway after ``timeout_s``).
+    """
+    last = (step // cfg.checkpoint_every) * cfg.checkpoint_every
+    if last <= 0 or "://" in cfg.storage_path:
+        return
+    snapshot = run_dir(cfg) / "checkpoint_manager_snapshot.json"
+    wanted = f"checkpoint_{last:08d}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if wanted in snapshot.read_text(encoding="utf-8"):
+                return
+        time.sleep(0.1)
+    log.warning("kill_at_step=%d: Ray has not registered %s after %.0f s", step, wanted, timeout_s)
 
 
 def run_dir(cfg: TrainConfig) -> Path:
