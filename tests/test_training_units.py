@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from dr2studio.config import ConfigError
 from dr2studio.data import DataPosition
 from training import block_fm, common, cppo, vae
 from training.export import export_dit
@@ -49,6 +50,31 @@ def test_warmup_is_linear_then_constant():
         sched.step()
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
+
+
+def test_decay_phase_anneals_to_zero_and_a_resumed_longer_run_continues_then_decays():
+    def lrs(sched, opt, n):
+        out = []
+        for _ in range(n):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = common.make_scheduler(opt, common.TrainConfig(warmup_steps=2, max_steps=8, decay_steps=4))
+    assert lrs(sched, opt, 8) == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25])
+    # a constant-rate run saved at step 4, resumed with a longer max_steps and a decay phase
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    first = common.make_scheduler(opt, common.TrainConfig(warmup_steps=2, max_steps=4))
+    lrs(first, opt, 4)
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    opt2.load_state_dict(opt.state_dict())
+    resumed = common.make_scheduler(opt2, common.TrainConfig(warmup_steps=2, max_steps=8, decay_steps=2))
+    resumed.load_state_dict(first.state_dict())
+    assert lrs(resumed, opt2, 4) == pytest.approx([1.0, 1.0, 1.0, 0.5])
+    with pytest.raises(ConfigError, match="decay_steps"):
+        common.TrainConfig(max_steps=8, decay_steps=9).validate()
 
 def test_checkpoint_holds_modules_optimisers_schedulers_step_and_position(tmp_path):
     model = torch.nn.Linear(3, 2)

@@ -113,7 +113,7 @@ def train_loop(loop_config: dict) -> None:
     objective = BlockFlowMatching(model, BlockFMConfig.from_dict(cfg.objective))
     wrapped = common.prepare(objective, cfg, fsdp_wrap={DecoderLayer})
     opt = common.make_optimizer(wrapped.parameters(), cfg)
-    sched = common.warmup_scheduler(opt, cfg.warmup_steps)
+    sched = common.make_scheduler(opt, cfg)
     modules, optimizers, schedulers = {"objective": wrapped}, {"adamw": (wrapped, opt)}, {"warmup": sched}
     state = common.restore(modules=modules, optimizers=optimizers, schedulers=schedulers)
 

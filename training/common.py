@@ -47,6 +47,7 @@ __all__ = [
     "unwrap",
     "make_optimizer",
     "warmup_scheduler",
+    "make_scheduler",
     "autocast",
     "clip_grad",
     "ResumeState",
@@ -86,6 +87,7 @@ class TrainConfig(JsonConfig):
     weight_decay: float = 1e-2
     grad_clip: float = 0.5
     warmup_steps: int = 100
+    decay_steps: int = 0  # linear decay to 0 over the last decay_steps before max_steps (0 = constant)
     checkpoint_every: int = 100
     report_every: int = 10  # steps between ray.train.report calls (metrics.jsonl gets every step)
     num_to_keep: int = 2
@@ -108,8 +110,10 @@ class TrainConfig(JsonConfig):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if self.lr <= 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ConfigError("lr must be > 0, grad_clip and warmup_steps >= 0")
+        if self.lr <= 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ConfigError("lr must be > 0, grad_clip, warmup_steps and decay_steps >= 0")
+        if self.decay_steps > self.max_steps:
+            raise ConfigError(f"decay_steps ({self.decay_steps}) must not exceed max_steps ({self.max_steps})")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -177,10 +181,28 @@ def make_optimizer(params: Iterator[nn.Parameter] | Sequence[nn.Parameter], cfg:
     return torch.optim.AdamW(params, lr=lr or cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
-def warmup_scheduler(opt: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from ~0 to the base learning rate over ``warmup_steps``, then constant."""
-    w = max(0, warmup_steps)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / w) if w else 1.0)
+def warmup_scheduler(opt: torch.optim.Optimizer, warmup_steps: int, *, max_steps: int = 0,
+                     decay_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from ~0 to the base learning rate over ``warmup_steps``, then constant; with
+    ``decay_steps``, a linear decay to 0 over the last ``decay_steps`` before ``max_steps``.
+
+    The factor is a function of the absolute step only, so a run resumed with a larger ``max_steps``
+    and a decay phase continues its constant stretch and then anneals (warm-up, stable, decay).
+    """
+    w, d = max(0, warmup_steps), max(0, decay_steps)
+
+    def factor(step: int) -> float:
+        f = min(1.0, (step + 1) / w) if w else 1.0
+        if d and max_steps:
+            f = min(f, max(0.0, (max_steps - step) / d))
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The configured schedule (:func:`warmup_scheduler` with ``cfg``'s warm-up, decay and length)."""
+    return warmup_scheduler(opt, cfg.warmup_steps, max_steps=cfg.max_steps, decay_steps=cfg.decay_steps)
 
 
 def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:

@@ -251,7 +251,7 @@ def train_loop(loop_config: dict) -> None:
     ref.eval().requires_grad_(False)
     wrapped = common.prepare(FlowErrors(BlockFlowMatching(policy, BlockFMConfig())), cfg, fsdp_wrap={DecoderLayer})
     opt = common.make_optimizer(wrapped.parameters(), cfg)
-    sched = common.warmup_scheduler(opt, cfg.warmup_steps)
+    sched = common.make_scheduler(opt, cfg)
     modules, optimizers, schedulers = {"policy": wrapped}, {"adamw": (wrapped, opt)}, {"warmup": sched}
     state = common.restore(modules=modules, optimizers=optimizers, schedulers=schedulers)
     stream = PairStream(cfg.pairs_file, cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,

@@ -170,7 +170,7 @@ def train_loop(loop_config: dict) -> None:
     d = common.prepare(disc, cfg)
     opt_g = common.make_optimizer(g.parameters(), cfg)
     opt_d = common.make_optimizer(d.parameters(), cfg, lr=cfg.disc_lr or cfg.lr)
-    sched_g, sched_d = common.warmup_scheduler(opt_g, cfg.warmup_steps), common.warmup_scheduler(opt_d, cfg.warmup_steps)
+    sched_g, sched_d = common.make_scheduler(opt_g, cfg), common.make_scheduler(opt_d, cfg)
     modules = {"generator": g, "discriminator": d}
     optimizers = {"generator": (g, opt_g), "discriminator": (d, opt_d)}
     schedulers = {"generator": sched_g, "discriminator": sched_d}
