@@ -100,6 +100,29 @@ def _acf(env: np.ndarray) -> np.ndarray:
     return ac / (ac[0] + 1e-12)
 
 
+
+def beat_strength(audio: np.ndarray, sr: int, bpm: float) -> float:
+    """Autocorrelation of the onset envelope at the period of ``bpm`` (or twice it, whichever is higher).
+
+    A continuous measure of how strongly the audio pulses at a given tempo: our synthetic songs read
+    0.6-0.8 at their own tempo, audio without a beat at that period about 0. :func:`estimate_tempo`
+    only answers once the winning period passes ``min_strength``; this says how far a take is from it.
+    """
+    if not (isinstance(bpm, (int, float)) and math.isfinite(bpm) and bpm > 0):
+        raise ValueError(f"bpm must be a positive number, got {bpm!r}")
+    env, fps = onset_strength(audio, sr)
+    if len(env) < 4 or env.max() < 1e-6:
+        return 0.0
+    ac = _acf(env)
+    best = 0.0
+    for lag in (60.0 * fps / bpm, 120.0 * fps / bpm):  # beat or half-time, as tempo_error forgives octaves
+        lo = int(math.floor(lag))
+        if lo + 1 >= len(ac):
+            continue
+        frac = lag - lo
+        best = max(best, float(ac[lo] * (1 - frac) + ac[lo + 1] * frac))
+    return best
+
 def estimate_tempo(
     audio: np.ndarray,
     sr: int,

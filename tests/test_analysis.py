@@ -62,6 +62,20 @@ def test_tempo_of_silence_and_of_a_steady_tone_is_zero():
     assert A.estimate_tempo(0.3 * np.sin(2 * np.pi * 220 * t), SR) == 0.0
 
 
+
+def test_beat_strength_is_high_at_the_played_tempo_only(songs):
+    clicks = click_track(100.0)
+    assert A.beat_strength(clicks, SR, 100.0) > 0.5
+    assert A.beat_strength(clicks, SR, 50.0) > 0.5  # half time: the same pulse, every other beat
+    assert A.beat_strength(clicks, SR, 77.0) < 0.2
+    noise = np.random.default_rng(0).standard_normal(SR * 10) * 0.1
+    assert A.beat_strength(noise, SR, 100.0) < 0.2
+    assert A.beat_strength(np.zeros(SR * 5), SR, 100.0) == 0.0
+    strengths = [A.beat_strength(s.audio, s.sample_rate, s.tempo) for s in songs]
+    assert np.median(strengths) > 0.5, strengths
+    with pytest.raises(ValueError, match="bpm"):
+        A.beat_strength(clicks, SR, 0.0)
+
 def test_tempo_error_forgives_octaves_only_when_asked():
     assert A.tempo_error(60.0, 120.0) == 0.0 and A.tempo_error(240.0, 120.0) == 0.0
     assert A.tempo_error(60.0, 120.0, octave=False) == pytest.approx(0.5)
@@ -162,11 +176,11 @@ def test_demo_quality_benchmark_measures_real_songs():
     )
     assert res.returncode == 0, res.stderr
     header, _, row = res.stdout.strip().splitlines()
-    assert "tempo err %" in header and "key acc" in header and "energy r" in header and "flatness" in header
+    assert "tempo err %" in header and "beat" in header and "key acc" in header and "flatness" in header
     fields = row.split()
     assert fields[0] == "real" and fields[1] == "2"
-    tempo_err, tempo_ok, key_acc, key_score, energy_r, flatness = map(float, fields[2:8])
-    assert tempo_err < 4 and tempo_ok == 1.0 and energy_r > 0.5 and flatness < 0.05
+    tempo_err, tempo_ok, beat, key_acc, key_score, energy_r, flatness = map(float, fields[2:9])
+    assert tempo_err < 4 and tempo_ok == 1.0 and beat > 0.5 and energy_r > 0.5 and flatness < 0.05
 
 
 def test_demo_quality_needs_a_model_unless_only_real():
