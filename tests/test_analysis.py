@@ -207,3 +207,34 @@ def test_randomised_copy_keeps_everything_but_the_dit_weights(tmp_path):
     a, b = load_file(str(src / "model.safetensors")), load_file(str(dst / "model.safetensors"))
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def _benchmark(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_phase_share_finds_a_pulse_locked_to_the_beat_and_not_at_a_wrong_tempo():
+    latent_rhythm = _benchmark("latent_rhythm")
+    rng = np.random.default_rng(0)
+    period = 40 * 60 / 107  # frames per beat at 107 bpm and 40 frames/s
+    t = np.arange(800)
+    pulse = np.exp(-((t / period) % 1.0) * 8.0)[:, None] * np.array([1.0, -1.0, 0.5, 2.0])  # a hit on each beat
+    noise = rng.standard_normal((800, 4))
+    assert latent_rhythm.phase_share(pulse + 0.3 * noise, period) > 0.3  # about 0.45: the noise is most of the rest
+    assert latent_rhythm.phase_share(pulse + 0.3 * noise, period / 1.13) < 0.1
+    assert latent_rhythm.phase_share(noise, period) < 0.1
+
+
+def test_latent_rhythm_benchmark_runs_on_the_shipped_demo_model():
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "latent_rhythm.py"), "--model",
+                          str(REPO / "dr2studio" / "assets" / "demo"), "--count", "2", "--seconds", "10"],
+                         capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert "phase share" in lines[0] and len(lines) == 5 and lines[-1].split()[0] == "mean"
+    onsets = float(lines[-1].split()[3])
+    assert onsets > 0.2  # the real songs' onsets are beat-locked; the column reads the audio right
