@@ -16,7 +16,9 @@ from dr2studio.vae.losses import (
     discriminator_loss,
     feature_matching_loss,
     frame_locked_loss,
+    frame_onset_envelope,
     generator_adversarial_loss,
+    latent_onset_loss,
 )
 from dr2studio.vae.train_step import VAELossConfig, VAETrainingStep, prepare_batch
 from vae_helpers import one_thread, tiny_vae_configs, tones  # noqa: F401
@@ -185,3 +187,55 @@ def test_frame_weight_adds_the_frame_locked_term() -> None:
     assert out["loss_gen"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError):
         VAELossConfig.from_dict({"frame_weight": -1.0})
+
+
+def _clicks(hop: int, frames: int, every: int) -> torch.Tensor:
+    """Short decaying noise bursts at the start of every ``every``-th frame, ``[1, 1, frames * hop]``."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(frames * hop)
+    burst = torch.randn(hop // 2, generator=g) * torch.exp(-torch.arange(hop // 2) / 4.0)
+    for k in range(0, frames, every):
+        x[k * hop : k * hop + hop // 2] += burst
+    return (x + 1e-3 * torch.randn(frames * hop, generator=g))[None, None]
+
+
+def test_onset_envelope_peaks_in_the_frames_that_hold_the_clicks() -> None:
+    hop = 64
+    env = frame_onset_envelope(_clicks(hop, 40, 8), hop)
+    assert env.shape == (1, 40)
+    assert env.mean().abs() < 1e-5 and env.std() == pytest.approx(1.0, rel=1e-3)
+    peaks = set(torch.topk(env[0], 4).indices.tolist())
+    assert peaks == {8, 16, 24, 32}  # the first frame has nothing before it to rise from
+    assert env[0, [8, 16, 24, 32]].min() > 5 * env[0, 1:8].abs().max()
+    with pytest.raises(ValueError, match="two frames"):
+        frame_onset_envelope(_clicks(hop, 40, 8)[..., :hop], hop)
+
+
+def test_latent_onset_loss_ties_one_channel_to_the_envelope() -> None:
+    hop = 64
+    audio = _clicks(hop, 40, 8)
+    env = frame_onset_envelope(audio, hop)
+    latents = torch.randn(1, 40, 4)
+    matched = latents.clone()
+    matched[..., 2] = env
+    assert latent_onset_loss(matched, audio, hop, channel=2) < 1e-8
+    assert latent_onset_loss(matched, audio, hop, channel=0) > 0.5
+    trainable = latents.clone().requires_grad_(True)
+    latent_onset_loss(trainable, audio, hop).backward()
+    assert trainable.grad[..., 0].abs().sum() > 0 and trainable.grad[..., 1:].abs().sum() == 0
+    with pytest.raises(ValueError, match="latent frames"):
+        latent_onset_loss(latents[:, :30], audio, hop)
+    with pytest.raises(ValueError, match="channel"):
+        latent_onset_loss(latents, audio, hop, channel=4)
+
+
+def test_onset_weight_adds_the_latent_onset_term_and_rejects_bad_settings() -> None:
+    enc, dec = _tiny_vae()
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
+    cfg = tiny_loss_config(onset_weight=2.0, onset_channel=1)
+    out = VAETrainingStep(enc, dec, None, opt, config=cfg)(tones(0.5, SR), SR)
+    assert out["loss_onset"] > 0
+    expected = cfg.mel_weight * out["loss_mel"] + cfg.stft_weight * out["loss_stft"] + 2.0 * out["loss_onset"]
+    assert out["loss_gen"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match="onset_channel"):
+        VAELossConfig.from_dict({"onset_channel": -1})

@@ -32,16 +32,15 @@ from dr2studio.data.audio_stream import AudioSegmentStream
 from dr2studio.data.manifest import read_manifest
 from dr2studio.models.bigvgan import BigVGANDecoder, DecoderConfig
 from dr2studio.models.discriminators import DiscriminatorConfig, build_discriminators
-from dr2studio.models.encoder import EncoderConfig, MusicEncoder, kl_divergence
+from dr2studio.models.encoder import EncoderConfig, MusicEncoder
 from dr2studio.vae.losses import (
     MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
     discriminator_loss,
     feature_matching_loss,
-    frame_locked_loss,
     generator_adversarial_loss,
 )
-from dr2studio.vae.train_step import VAELossConfig, prepare_batch
+from dr2studio.vae.train_step import VAELossConfig, prepare_batch, regulariser_terms
 from training import common
 from training.common import TrainConfig
 
@@ -206,15 +205,9 @@ def train_loop(loop_config: dict) -> None:
             out["loss_disc"] = loss_d.item()
         with common.autocast(cfg, ctx.device):
             mel, stft = mel_loss(pred.float(), target), stft_loss(pred.float(), target)
-            total = losses_cfg.mel_weight * mel + losses_cfg.stft_weight * stft
-            if losses_cfg.frame_weight > 0:
-                frame = frame_locked_loss(pred.float(), target, inner_gen.decoder.hop_length)
-                total = total + losses_cfg.frame_weight * frame
-                out["loss_frame"] = frame.item()
-            if std is not None:
-                kl = kl_divergence(mean, std)
-                total = total + losses_cfg.kl_weight * kl
-                out["loss_kl"] = kl.item()
+            extra, terms = regulariser_terms(losses_cfg, pred, target, mean, std, inner_gen.decoder.hop_length)
+            total = losses_cfg.mel_weight * mel + losses_cfg.stft_weight * stft + extra
+            out.update({k: v.item() for k, v in terms.items()})
             if adversarial:
                 inner_disc.requires_grad_(False)
                 try:

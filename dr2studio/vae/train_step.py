@@ -27,9 +27,10 @@ from dr2studio.vae.losses import (
     feature_matching_loss,
     generator_adversarial_loss,
     frame_locked_loss,
+    latent_onset_loss,
 )
 
-__all__ = ["VAELossConfig", "VAETrainingStep", "prepare_batch"]
+__all__ = ["VAELossConfig", "VAETrainingStep", "prepare_batch", "regulariser_terms"]
 
 
 @dataclasses.dataclass
@@ -42,6 +43,8 @@ class VAELossConfig(JsonConfig):
     adversarial_weight: float = 1.0
     feature_weight: float = 2.0
     kl_weight: float = 1e-4  # only used when the encoder has kl=True
+    onset_weight: float = 0.0  # latent_onset_loss: one latent channel follows the onset envelope
+    onset_channel: int = 0
     adversarial_start_step: int = 0  # reconstruction-only warm-up steps before the GAN terms start
     grad_clip: float = 1000.0
     mel_n_ffts: list[int] = dataclasses.field(default_factory=lambda: [512, 1024, 2048])
@@ -53,8 +56,11 @@ class VAELossConfig(JsonConfig):
     def validate(self) -> None:
         if len(self.mel_n_ffts) != len(self.mel_n_mels):
             raise ConfigError("mel_n_ffts and mel_n_mels need the same length")
-        if min(self.mel_weight, self.stft_weight, self.frame_weight, self.adversarial_weight, self.feature_weight, self.kl_weight) < 0:
+        if min(self.mel_weight, self.stft_weight, self.frame_weight, self.adversarial_weight, self.feature_weight,
+               self.kl_weight, self.onset_weight) < 0:
             raise ConfigError("loss weights must be >= 0")
+        if self.onset_channel < 0:
+            raise ConfigError(f"onset_channel must be >= 0, got {self.onset_channel}")
 
 
 def prepare_batch(audio: torch.Tensor, sample_rate: int, encoder: MusicEncoder,
@@ -76,6 +82,28 @@ def prepare_batch(audio: torch.Tensor, sample_rate: int, encoder: MusicEncoder,
             f"audio of {audio.shape[-1]} samples at {sample_rate} Hz is shorter than one latent frame"
         )
     return enc_in[..., : frames * encoder.hop_length], target[..., : frames * decoder.hop_length]
+
+
+def regulariser_terms(cfg: VAELossConfig, pred: torch.Tensor, target: torch.Tensor, mean: torch.Tensor,
+                      std: torch.Tensor | None, hop: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted sum of the terms besides reconstruction and GAN, and each term by its log name.
+
+    Frame-locked waveform (``frame_weight``), KL (an encoder with ``kl=True``) and the latent onset
+    channel (``onset_weight``); shared by :class:`VAETrainingStep` and the Ray Train script.
+    ``mean [B, T, C]`` are the encoder's latent means, ``hop`` the decoder's (``target`` is at its rate).
+    """
+    total = pred.new_zeros((), dtype=torch.float32)
+    terms: dict[str, torch.Tensor] = {}
+    if cfg.frame_weight > 0:
+        terms["loss_frame"] = frame_locked_loss(pred.float(), target, hop)
+        total = total + cfg.frame_weight * terms["loss_frame"]
+    if std is not None:
+        terms["loss_kl"] = kl_divergence(mean, std)
+        total = total + cfg.kl_weight * terms["loss_kl"]
+    if cfg.onset_weight > 0:
+        terms["loss_onset"] = latent_onset_loss(mean, target, hop, cfg.onset_channel)
+        total = total + cfg.onset_weight * terms["loss_onset"]
+    return total, terms
 
 
 class VAETrainingStep:
@@ -140,15 +168,9 @@ class VAETrainingStep:
             out["loss_disc"] = loss_d.item()
 
         recon = self.reconstruction_losses(pred, target)
-        total = cfg.mel_weight * recon["mel"] + cfg.stft_weight * recon["stft"]
-        if cfg.frame_weight > 0:
-            frame = frame_locked_loss(pred, target, self.decoder.hop_length)
-            total = total + cfg.frame_weight * frame
-            out["loss_frame"] = frame.item()
-        if std is not None:
-            kl = kl_divergence(mean, std)
-            total = total + cfg.kl_weight * kl
-            out["loss_kl"] = kl.item()
+        extra, terms = regulariser_terms(cfg, pred, target, mean, std, self.decoder.hop_length)
+        total = cfg.mel_weight * recon["mel"] + cfg.stft_weight * recon["stft"] + extra
+        out.update({k: v.item() for k, v in terms.items()})
         if adversarial:
             assert self.discriminator is not None
             self.discriminator.requires_grad_(False)
