@@ -154,7 +154,9 @@ def export(cfg: BlockFMTrainConfig, checkpoint_dir: str | Path, dst: str | Path 
     dit_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     assets = cfg.assets_dir or cfg.init_from or None
     return export_dit(dit_state, cfg.dit_config(), dst or common.export_dir(cfg), assets_dir=assets,
-                      stage="block_fm", info={"run": cfg.name, "step": meta["step"], "data": cfg.data})
+                      stage="block_fm", info={"run": cfg.name, "step": meta["step"], "data": cfg.data,
+                                                         "init_from": cfg.init_from, "lr": cfg.lr,
+                                                         "decay_steps": cfg.decay_steps})
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -11,11 +11,12 @@
 #   4. latents rescaled to unit std (exact re-parametrisation)     training/recipes/demo_latent_scale.py
 #   5. decoder fine-tuned against discriminators, encoder frozen (the latent space stays), 500 steps
 #   6. songs -> shards (latents, phoneme ids, style, REPA targets) training/prepare_data.py (Ray Data)
-#   7. DiT, block flow matching + REPA, 1800 steps, 2 CPU workers  training/block_fm.py (Ray Train)
+#   7. DiT, block flow matching + REPA, 3000 steps (constant lr, then a linear decay over the last 1200),
+#      2 CPU workers                                               training/block_fm.py (Ray Train)
 #   8. install the exported model directory into dr2studio/assets/demo/
 #
 # Expected wall time on a 2-core machine: songs ~7 min, VAE ~32 min, decoder GAN ~11 min, prepare ~7 min,
-# DiT ~80 min: about 2 h 20 min. docs/demo_model.md records the times of the run that made the shipped files.
+# DiT ~2 h 5 min: about 3 h 5 min. docs/demo_model.md records the times of the run that made the shipped files.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -25,7 +26,8 @@ INSTALL="${DEMO_INSTALL:-1}"
 SONGS="${DEMO_SONGS:-400}"
 VAE_PITCH_STEPS="${DEMO_VAE_PITCH_STEPS:-700}"  # phase 1 of the VAE
 VAE_STEPS="${DEMO_VAE_STEPS:-1800}"  # phase 1 + phase 2
-DIT_STEPS="${DEMO_DIT_STEPS:-1800}"
+DIT_STEPS="${DEMO_DIT_STEPS:-3000}"
+DIT_DECAY="${DEMO_DIT_DECAY:-1200}"  # last steps of the DiT with a linearly falling learning rate
 GAN_STEPS="${DEMO_GAN_STEPS:-500}"  # decoder-only fine-tune with discriminators
 # Ray starts its workers at niceness 15; on a shared machine they would starve. Same priority as the rest.
 export RAY_worker_niceness="${RAY_worker_niceness:-0}"
@@ -87,7 +89,7 @@ fi
 if [ ! -f "$WORK/export/model.safetensors" ]; then
   t=$(stamp)
   "$PY" training/block_fm.py --config training/configs/demo_block_fm.json --name demo-block_fm \
-      --storage-path "$WORK" --export-dir "$WORK/export" --max-steps "$DIT_STEPS" \
+      --storage-path "$WORK" --export-dir "$WORK/export" --max-steps "$DIT_STEPS" --set decay_steps="$DIT_DECAY" \
       --set data="$WORK/shards" --set assets_dir="$WORK/vae-gan-export"
   mark block_fm $(( $(stamp) - t ))
 fi
