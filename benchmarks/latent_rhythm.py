@@ -57,10 +57,10 @@ def phase_share(x: np.ndarray, period: float, bins: int = PHASE_BINS) -> float:
 
 def probe_r2(features: list[np.ndarray], targets: list[np.ndarray], ridge: float = 1e-2) -> list[float]:
     """Leave-one-song-out R^2 of a ridge probe ``features [T, D] -> target [T]`` fitted on the other songs."""
+    if len(features) < 2:
+        return [float("nan")] * len(features)
     out = []
     for i in range(len(features)):
-        if len(features) == 1:
-            return [float("nan")]
         x = np.concatenate([f for j, f in enumerate(features) if j != i])
         y = np.concatenate([t for j, t in enumerate(targets) if j != i])
         mu, sd = x.mean(0), x.std(0) + 1e-8

@@ -100,7 +100,6 @@ def _acf(env: np.ndarray) -> np.ndarray:
     return ac / (ac[0] + 1e-12)
 
 
-
 def beat_strength(audio: np.ndarray, sr: int, bpm: float) -> float:
     """Autocorrelation of the onset envelope at the period of ``bpm`` (or twice it, whichever is higher).
 
@@ -122,6 +121,7 @@ def beat_strength(audio: np.ndarray, sr: int, bpm: float) -> float:
         frac = lag - lo
         best = max(best, float(ac[lo] * (1 - frac) + ac[lo + 1] * frac))
     return best
+
 
 def estimate_tempo(
     audio: np.ndarray,

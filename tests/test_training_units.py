@@ -51,7 +51,6 @@ def test_warmup_is_linear_then_constant():
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
-
 def test_decay_phase_anneals_to_zero_and_a_resumed_longer_run_continues_then_decays():
     def lrs(sched, opt, n):
         out = []
@@ -75,6 +74,7 @@ def test_decay_phase_anneals_to_zero_and_a_resumed_longer_run_continues_then_dec
     assert lrs(resumed, opt2, 4) == pytest.approx([1.0, 1.0, 1.0, 0.5])
     with pytest.raises(ConfigError, match="decay_steps"):
         common.TrainConfig(max_steps=8, decay_steps=9).validate()
+
 
 def test_checkpoint_holds_modules_optimisers_schedulers_step_and_position(tmp_path):
     model = torch.nn.Linear(3, 2)

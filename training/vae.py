@@ -252,7 +252,8 @@ def export(cfg: VAETrainConfig, checkpoint_dir: str | Path, dst: str | Path | No
     earlier = Path(cfg.encoder_from).expanduser() / "dr2studio.json" if cfg.encoder_from else None
     if earlier is not None and earlier.is_file() and not (dst / "dr2studio.json").exists():
         shutil.copy2(earlier, dst / "dr2studio.json")  # keep the history of the VAE this run started from
-    stage = "vae" if cfg.train_encoder else "vae_decoder_finetune"
+    # a run that starts from a trained encoder is a later stage: keep the earlier "vae" record beside it
+    stage = "vae" if not cfg.encoder_from else "vae_finetune" if cfg.train_encoder else "vae_decoder_finetune"
     write_training_info(dst, stage, {"run": cfg.name, "step": meta["step"], "manifest": cfg.manifest,
                                      "decoder_from": cfg.decoder_from, "decoder_frozen": cfg.decoder_frozen,
                                      "encoder_from": cfg.encoder_from, "encoder_frozen": not cfg.train_encoder})
