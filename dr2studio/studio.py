@@ -246,6 +246,25 @@ class Studio:
             return self.style_embedding(self._style_model().embed_text(style))
         raise StudioError(f"style must be a tensor, a file path or a text prompt, got {type(style).__name__}")
 
+    @staticmethod
+    def stated_tempo(style: Any) -> float | None:
+        """The tempo (bpm) a text style prompt states ("pop, 120 bpm"); None for other prompts.
+
+        A model with a tempo clock (:func:`dr2studio.models.dit.tempo_clock`) places its beat on it.
+        """
+        if not isinstance(style, str) or Path(style).suffix.lower() in _EMBEDDING_EXTS | _AUDIO_EXTS:
+            return None
+        from dr2studio.style.tags import parse_style_tags
+
+        return parse_style_tags(style).tempo
+
+    def _song_tempo(self, song: Song, style: Any) -> float | None:
+        """The tempo to continue ``song`` at: the new style's, else the one it was made with."""
+        if style is not None:
+            return self.stated_tempo(style)
+        bpm = song.settings.get("tempo_bpm") if isinstance(song.settings, dict) else None
+        return float(bpm) if isinstance(bpm, (int, float)) and bpm > 0 else None
+
     def _style_model(self) -> Any:
         """The model's own tag style encoder when its directory has one, else MuQ-MuLan (loaded lazily)."""
         cached = self.__dict__.get("_style_encoder")
@@ -276,12 +295,14 @@ class Studio:
         stop_at_end: bool = True,
         progress: ProgressCallback | None = None,
         on_audio: Callable[[torch.Tensor], None] | None = None,
+        tempo: float | None = None,
     ) -> _Render:
         """Sample up to ``max_frames`` (prefix included) and decode the new frames block by block.
 
         Sampling and decoding interleave: the decoder pulls blocks from the sampler as it needs them,
         so audio chunks come out while later blocks are still being sampled. The decoded audio starts
-        ``context_frames`` before the end of ``prefix``.
+        ``context_frames`` before the end of ``prefix``. ``tempo`` (bpm) drives the DiT's tempo
+        clock when it has one; frame 0 of the stream is beat 0.
         """
         from dr2studio.flow.sampler import EOP_THRESHOLD, BlockSampler, SamplerSettings
 
@@ -294,6 +315,10 @@ class Studio:
             raise StudioError(str(exc)) from exc
         generator = torch.Generator("cpu").manual_seed(seed)
         dev = self.dit.device
+        beats_per_frame = None
+        if tempo is not None and self.dit.clock_embed is not None:
+            beats_per_frame = torch.tensor([tempo / 60.0 / self.frame_rate])
+            log.info("tempo clock at %g bpm", tempo)
         sampler = BlockSampler(
             self.dit,
             tokens.reshape(1, -1).to(dev),
@@ -302,6 +327,7 @@ class Studio:
             settings,
             prefix=None if prefix is None else prefix.to(dev),
             generator=generator,
+            beats_per_frame=beats_per_frame,
         )
         prefix_len = 0 if prefix is None else prefix.shape[1]
         first = prefix_len - context_frames
@@ -359,13 +385,14 @@ class Studio:
         frames = max(1, round(duration * self.frame_rate))
         tokens, text = self.encode_lyrics(lyrics)
         style_vec = self.style_embedding(style)
+        tempo = self.stated_tempo(style)
         seed = _new_seed(seed)
         stream = _StereoStream(self.sample_rate) if stereo else None
         sink = None
         if on_audio is not None:
             sink = (lambda c: on_audio(stream(c))) if stream is not None else on_audio  # noqa: E731
         r = self._render(tokens, style_vec, frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                         progress=progress, on_audio=sink)
+                         progress=progress, on_audio=sink, tempo=tempo)
         audio = fake_stereo(r.audio, self.sample_rate) if stereo else r.audio
         log.info("generated %.1f s in %.1f s (seed %d)", audio.shape[1] / self.sample_rate, r.seconds, seed)
         return Song(
@@ -376,7 +403,8 @@ class Studio:
             lyrics=text,
             style=style_vec,
             seed=seed,
-            settings={"steps": steps, "cfg_strength": cfg_strength, "duration": duration, "stereo": bool(stereo), "edits": []},
+            settings={"steps": steps, "cfg_strength": cfg_strength, "duration": duration, "stereo": bool(stereo), "edits": [],
+                      **({"tempo_bpm": tempo} if tempo is not None else {})},
             model=self.fingerprint,
         )
 
@@ -457,6 +485,7 @@ class Studio:
         crossfade = self._check_crossfade(crossfade)
         new_tokens, new_text = self.encode_lyrics(lyrics)
         style_vec = self._song_style(song, style)
+        tempo = self._song_tempo(song, style)
         seed = _new_seed(seed)
         audio, latents, encoded = self._song_state(song, progress, inversion_steps)
         context = new_tokens
@@ -474,7 +503,7 @@ class Studio:
         ctx = min(prefix_len, math.ceil(fade / hop) + _CONTEXT_FRAMES)
         max_frames = prefix_len + max(1, round(seconds * self.frame_rate))
         r = self._render(context, style_vec, max_frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                         prefix=latents, context_frames=ctx, progress=progress)
+                         prefix=latents, context_frames=ctx, progress=progress, tempo=tempo)
         new = self._match_channels(r.audio, audio.shape[0])
         out = splice(audio[:, :joint], new, at=joint - fade, fade=fade, offset=r.first_frame * hop)
         added = r.latents.shape[1] - prefix_len
@@ -492,7 +521,7 @@ class Studio:
             "latents_from": encoded,
         }
         return self._derived(song, out, r.latents, context, _join_lyrics(song.lyrics, new_text), style_vec, seed,
-                             steps, cfg_strength, edit)
+                             steps, cfg_strength, edit, tempo)
 
     def infill(
         self,
@@ -518,6 +547,7 @@ class Studio:
         crossfade = self._check_crossfade(crossfade)
         new_tokens, new_text = self.encode_lyrics(lyrics)
         style_vec = self._song_style(song, style)
+        tempo = self._song_tempo(song, style)
         seed = _new_seed(seed)
         try:
             start, end = float(start), float(end)
@@ -542,7 +572,7 @@ class Studio:
         ctx = min(first_new, math.ceil(fade_in / hop) + _CONTEXT_FRAMES)
         prefix = latents[:, :first_new] if first_new > 0 else None
         r = self._render(new_tokens, style_vec, frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                         prefix=prefix, context_frames=ctx, stop_at_end=False, progress=progress)
+                         prefix=prefix, context_frames=ctx, stop_at_end=False, progress=progress, tempo=tempo)
         new = self._match_channels(r.audio, audio.shape[0])
         head = splice(audio[:, : et + fade_out], new, at=st - fade_in, fade=fade_in, offset=r.first_frame * hop)
         out = splice(head, audio, at=et, fade=fade_out)
@@ -560,7 +590,7 @@ class Studio:
         }
         tokens = song.tokens if song.tokens is not None and encoded["method"] == "sidecar" else new_tokens
         return self._derived(song, out, new_latents, tokens, song.lyrics or new_text, style_vec, seed,
-                             steps, cfg_strength, edit)
+                             steps, cfg_strength, edit, tempo)
 
     # -- helpers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -575,10 +605,12 @@ class Studio:
 
     def _derived(self, song: Song, audio: torch.Tensor, latents: torch.Tensor, tokens: torch.Tensor | None,
                  lyrics: str, style: torch.Tensor, seed: int, steps: int, cfg_strength: float,
-                 edit: dict[str, Any]) -> Song:
+                 edit: dict[str, Any], tempo: float | None = None) -> Song:
         settings = dict(song.settings)
         settings.setdefault("stereo", audio.shape[0] == 2)
         settings["edits"] = list(settings.get("edits", [])) + [dict(edit, steps=steps, cfg_strength=cfg_strength)]
+        if tempo is not None:
+            settings["tempo_bpm"] = tempo
         return Song(
             audio=audio,
             sample_rate=self.sample_rate,

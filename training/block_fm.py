@@ -43,7 +43,8 @@ log = logging.getLogger("dr2studio.training.block_fm")
 class BlockFMTrainConfig(TrainConfig):
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("export_dir", "data", "init_from", "assets_dir")
     data: str = ""  # shard folder written by prepare_data.py
-    model: dict[str, Any] = dataclasses.field(default_factory=dict)  # DiTConfig fields (ignored with init_from)
+    #: DiTConfig fields; with init_from only ``tempo_clock`` is read (it adds a zero-initialised clock)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_from: str = ""  # model directory to start from (released or own weights)
     objective: dict[str, Any] = dataclasses.field(default_factory=dict)  # BlockFMConfig fields
     ssl_names: list[str] = dataclasses.field(default_factory=list)  # REPA targets per projector ([] = all, sorted)
@@ -57,7 +58,11 @@ class BlockFMTrainConfig(TrainConfig):
 
     def dit_config(self) -> DiTConfig:
         if self.init_from:
-            return DiTConfig.load(Path(self.init_from).expanduser() / "model.json")
+            config = DiTConfig.load(Path(self.init_from).expanduser() / "model.json")
+            if "tempo_clock" in self.model:
+                config.tempo_clock = list(self.model["tempo_clock"])
+                config.validate()
+            return config
         return DiTConfig.from_dict(self.model)
 
 
@@ -77,7 +82,19 @@ def build_dit(cfg: BlockFMTrainConfig) -> DiT:
     if cfg.init_from:
         from dr2studio.checkpoints import load_dit
 
-        return load_dit(cfg.init_from, device="cpu", dtype=torch.float32).train()
+        loaded = load_dit(cfg.init_from, device="cpu", dtype=torch.float32)
+        config = cfg.dit_config()
+        if config.tempo_clock == loaded.config.tempo_clock:
+            return loaded.train()
+        if loaded.config.tempo_clock:
+            raise common.ConfigError(f"{cfg.init_from} has tempo clock {loaded.config.tempo_clock}; "
+                                     f"model.tempo_clock {config.tempo_clock} cannot change it")
+        model = DiT(config)  # the loaded weights plus a fresh (zero) clock projection
+        missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("clock_embed.") for k in missing):
+            raise common.ConfigError(f"cannot add a tempo clock to {cfg.init_from}: missing {missing}, unexpected {unexpected}")
+        log.info("added a tempo clock with periods %s beats to %s", config.tempo_clock, cfg.init_from)
+        return model.train()
     return DiT(cfg.dit_config())
 
 
@@ -117,6 +134,9 @@ def train_loop(loop_config: dict) -> None:
     modules, optimizers, schedulers = {"objective": wrapped}, {"adamw": (wrapped, opt)}, {"warmup": sched}
     state = common.restore(modules=modules, optimizers=optimizers, schedulers=schedulers)
 
+    beats_per_second = None
+    if model.clock_embed is not None:  # the clock runs in beats per latent frame
+        beats_per_second = 1.0 / (60.0 * index.latent_rate)
     stream = ShardStream(cfg.data, cfg.batch_size, functools.partial(collate_examples, max_frames=cfg.max_frames),
                          rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
     batches = stream.iter_from(state.position)
@@ -127,9 +147,10 @@ def train_loop(loop_config: dict) -> None:
         common.maybe_kill(cfg, ctx, step)
         batch, position = next(batches)
         batch = batch.to(ctx.device)
+        bpf = None if beats_per_second is None or batch.tempo is None else batch.tempo * beats_per_second
         with common.autocast(cfg, ctx.device):
             out = wrapped(batch.latents, batch.latent_mask.sum(1), batch.tokens, batch.token_mask.sum(1),
-                          batch.style, _repa_targets(batch, ssl_names), generator=gen)
+                          batch.style, _repa_targets(batch, ssl_names), generator=gen, beats_per_frame=bpf)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = common.clip_grad(wrapped, cfg.grad_clip)

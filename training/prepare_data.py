@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.data.manifest import BadRows, ManifestRow, load_audio, read_manifest
 from dr2studio.data.shards import DatasetIndex, Example, write_index, write_shard
+from dr2studio.style.tags import parse_style_tags
 
 __all__ = [
     "PrepareConfig", "load_plugin", "VaeEncoder", "MelFeatures", "MuQFeatures", "VocabTokenizer",
@@ -301,6 +302,7 @@ class EncodeText:
         errors = list(batch["error"])
         tokens: list[np.ndarray] = [np.zeros(0, np.int64)] * n
         styles: list[np.ndarray] = [np.zeros(0, np.float32)] * n
+        tempos = np.full(n, np.nan, np.float32)
         for i in range(n):
             if errors[i]:
                 continue
@@ -317,7 +319,10 @@ class EncodeText:
                 styles[i] = np.asarray(self.style(row), np.float32)
             except Exception as exc:
                 errors[i] = f"style failed: {type(exc).__name__}: {exc}"
+            if row["style"]:
+                tempos[i] = np.nan if (bpm := parse_style_tags(str(row["style"])).tempo) is None else bpm
         out = dict(batch)
+        out["tempo"] = tempos
         out["error"] = np.array(errors, dtype=object)
         out["tokens"] = _objects(tokens)
         out["style_vec"] = _objects(styles)
@@ -400,6 +405,7 @@ def prepare(cfg: PrepareConfig) -> DatasetIndex:
             style=torch.tensor(np.asarray(row["style_vec"], np.float32)),
             ssl={n: torch.tensor(np.asarray(row[f"ssl.{n}"], np.float32)) for n in ssl_names},
             language=str(row.get("language") or ""),
+            tempo=float(row["tempo"]),
         )
         latent_channels, style_dim = ex.latents.shape[1], ex.style.shape[0]
         ssl_dims = {n: int(v.shape[1]) for n, v in ex.ssl.items()}

@@ -25,6 +25,7 @@ class LatentBatch:
     style: torch.Tensor  # [B, S]
     ssl: dict[str, torch.Tensor]  # name -> [B, T, D]
     ids: list[str]
+    tempo: torch.Tensor | None = None  # [B] bpm stated by each style text, NaN where none
 
     @property
     def frames(self) -> int:
@@ -40,6 +41,7 @@ class LatentBatch:
             token_mask=self.token_mask.to(device, non_blocking=True),
             style=self.style.to(device, non_blocking=True),
             ssl={k: v.to(device, non_blocking=True) for k, v in self.ssl.items()},
+            tempo=None if self.tempo is None else self.tempo.to(device, non_blocking=True),
         )
 
 
@@ -77,4 +79,5 @@ def collate_examples(examples: Sequence[Example], max_frames: int | None = None)
         style=torch.stack([e.style.float() for e in examples]),
         ssl=ssl,
         ids=[e.id for e in examples],
+        tempo=torch.tensor([float("nan") if e.tempo is None else e.tempo for e in examples], dtype=torch.float32),
     )

@@ -9,6 +9,8 @@ One shard file holds N examples, concatenated along time, with offset tables:
 - ``tokens`` [sum L] int64: lyric token ids (0 is never produced; it is the padding/CFG filler);
   ``token_offsets`` [N+1]
 - ``style`` [N, S] float32: one style embedding per example
+- ``tempo`` [N] float32: the tempo the style text states, in bpm (NaN where it states none; shards
+  written before this key read as no tempo)
 - ``ssl.<name>`` [sum T, D] float32: REPA targets resampled to the latent frame rate (same offsets
   as ``latents``), one key per extractor
 - metadata (safetensors string map): ``format``, ``version``, ``ids`` and ``languages`` (JSON lists)
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -62,8 +65,11 @@ class Example:
     style: torch.Tensor
     ssl: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     language: str = ""
+    tempo: float | None = None  # bpm stated by the style text (for a DiT with a tempo clock)
 
     def __post_init__(self) -> None:
+        if self.tempo is not None and not (math.isfinite(self.tempo) and self.tempo > 0):
+            self.tempo = None
         if self.latents.ndim != 2:
             raise ShardError(f"example {self.id!r}: latents must be [T, C], got {tuple(self.latents.shape)}")
         if self.tokens.ndim != 1:
@@ -130,6 +136,7 @@ def write_shard(path: str | os.PathLike, examples: Sequence[Example]) -> ShardIn
         "tokens": torch.cat([e.tokens.long() for e in examples]).contiguous(),
         "token_offsets": _offsets([e.tokens.shape[0] for e in examples]),
         "style": torch.stack([e.style.float() for e in examples]).contiguous(),
+        "tempo": torch.tensor([math.nan if e.tempo is None else float(e.tempo) for e in examples], dtype=torch.float32),
     }
     for name in names:
         tensors[f"ssl.{name}"] = torch.cat([e.ssl[name].float() for e in examples]).contiguous()
@@ -170,6 +177,7 @@ class Shard:
         self._latent_off = self._file.get_tensor("latent_offsets").tolist()
         self._token_off = self._file.get_tensor("token_offsets").tolist()
         self.ssl_names = sorted(k[4:] for k in self._file.keys() if k.startswith("ssl."))
+        self._tempo = self._file.get_tensor("tempo").tolist() if "tempo" in self._file.keys() else [math.nan] * len(self.ids)
         if len(self._latent_off) != len(self.ids) + 1 or len(self._token_off) != len(self.ids) + 1:
             raise ShardError(f"{self.path}: offset tables do not match the {len(self.ids)} ids")
 
@@ -191,6 +199,7 @@ class Shard:
             style=self._file.get_slice("style")[i],
             ssl={n: self._file.get_slice(f"ssl.{n}")[a:b] for n in self.ssl_names},
             language=self.languages[i],
+            tempo=self._tempo[i],
         )
 
     def __iter__(self) -> Iterable[Example]:

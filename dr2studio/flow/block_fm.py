@@ -125,13 +125,18 @@ class BlockFlowMatching(nn.Module):
         frame_valid: Tensor,
         *,
         return_repa: bool = False,
+        beats_per_frame: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """Teacher-forced velocity ``[B, T, M]`` for the noisy stream (and REPA projections ``[B, S, D]``)."""
+        """Teacher-forced velocity ``[B, T, M]`` for the noisy stream (and REPA projections ``[B, S, D]``).
+
+        ``beats_per_frame [B]`` (NaN: no tempo) feeds a tempo-clock DiT; both streams start at frame 0.
+        """
         model = self.model
         bsz, n = tokens.shape
         t = clean.shape[1]
         b = model.config.block_size
-        x = torch.cat((model.embed_text(tokens), model.embed_latents(clean), model.embed_latents(noisy)), dim=1)
+        x = torch.cat((model.embed_text(tokens), model.embed_latents(clean, 0, beats_per_frame),
+                       model.embed_latents(noisy, 0, beats_per_frame)), dim=1)
         time = torch.cat(
             (
                 torch.full((bsz, n), -1.0, device=clean.device),
@@ -160,13 +165,16 @@ class BlockFlowMatching(nn.Module):
         repa_targets: list[Tensor] | None = None,
         *,
         generator: torch.Generator | None = None,
+        beats_per_frame: Tensor | None = None,
     ) -> BlockFMOutput:
         """Loss for a batch.
 
         Args:
             latents ``[B, T, M]``, latent_lengths ``[B]``; tokens ``[B, N]`` (0-padded),
             token_lengths ``[B]``; style ``[B, 512]``; repa_targets: one ``[B, T, D_k]`` SSL feature
-            tensor per REPA projector, aligned with the latent frames.
+            tensor per REPA projector, aligned with the latent frames; beats_per_frame ``[B]``: the
+            stated tempo over the latent frame rate (NaN where unknown), for a tempo-clock DiT. It is
+            part of the style condition, so it is dropped (NaN) wherever the style is.
         """
         cfg, model = self.config, self.model
         b = model.config.block_size
@@ -189,13 +197,17 @@ class BlockFlowMatching(nn.Module):
         drop_style = drop_both | (rand(bsz) < cfg.style_dropout)
         tokens = torch.where(drop_lyrics[:, None], torch.zeros_like(tokens), tokens)
         style = torch.where(drop_style[:, None], torch.zeros_like(style), style)
+        if beats_per_frame is not None:
+            beats_per_frame = beats_per_frame.to(device).float()
+            beats_per_frame = torch.where(drop_style, torch.full_like(beats_per_frame, float("nan")), beats_per_frame)
 
         z0 = torch.randn(z.shape, generator=generator, device=generator.device if generator else device).to(device)
         t_blocks = rand(bsz, nb)
         t_frames = t_blocks.repeat_interleave(b, dim=1)
         noisy = (1.0 - t_frames[..., None]) * z0 + t_frames[..., None] * z
         want_repa = bool(repa_targets) and model.projectors is not None and cfg.repa_weight > 0
-        v, repa = self.velocity(z, noisy, t_frames, tokens, style, token_valid, frame_valid, return_repa=want_repa)
+        v, repa = self.velocity(z, noisy, t_frames, tokens, style, token_valid, frame_valid, return_repa=want_repa,
+                                beats_per_frame=beats_per_frame)
 
         err = (v.float() - (z - z0)).pow(2).mean(-1) * frame_valid  # [B, T]
         per_block_n = frame_valid.view(bsz, nb, b).sum(-1)

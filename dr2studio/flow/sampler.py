@@ -84,6 +84,7 @@ class BlockSampler:
         prefix: Tensor | None = None,
         token_lengths: Tensor | None = None,
         generator: torch.Generator | None = None,
+        beats_per_frame: Tensor | None = None,
     ) -> None:
         self.settings = settings or SamplerSettings()
         self.settings.validate()
@@ -142,6 +143,15 @@ class BlockSampler:
         inv_freq_dtype = dtype if self.settings.reference_numerics else None
         cos, sin = rotary_tables(torch.arange(max(n_text, capacity), device=device)[None], cfg.head_dim, dtype, inv_freq_dtype)
         self._cos, self._sin = cos, sin
+        self._clock = None  # [B, capacity, 512]: the tempo clock of every frame, conditional branch only
+        if beats_per_frame is not None:
+            beats_per_frame = torch.as_tensor(beats_per_frame, dtype=torch.float32).reshape(-1)
+            if beats_per_frame.shape[0] != self.batch:
+                raise ValueError(f"beats_per_frame must hold one value per batch element ({self.batch}), got {beats_per_frame.shape[0]}")
+            if bool((beats_per_frame <= 0).any()) or bool(torch.isinf(beats_per_frame).any()):
+                raise ValueError("beats_per_frame must be positive and finite (NaN: no tempo for that element)")
+            with torch.inference_mode():
+                self._clock = model.clock_embedding(0, capacity, beats_per_frame.to(device))
         self.stream = torch.zeros(self.batch, capacity, self.mel_dim, device=device, dtype=torch.float32)
         if prefix is not None:
             self.stream[:, : self.prefix_len] = prefix.to(device=device, dtype=torch.float32)
@@ -160,6 +170,14 @@ class BlockSampler:
 
     def _dup(self, x: Tensor) -> Tensor:
         return torch.cat((x, x)) if self.guided else x
+
+    def _embed(self, frames: Tensor, start: int) -> Tensor:
+        """Embedded frames for both branches; the tempo clock (a style condition) only in the conditional one."""
+        e = self.model.embed_latents(frames)
+        if self._clock is None:
+            return self._dup(e)
+        c = e + self._clock[:, start : start + frames.shape[1]]
+        return torch.cat((c, e)) if self.guided else c
 
     def _time(self, value: Tensor | float, n_branch_rows: int) -> Tensor:
         return torch.full((n_branch_rows, 1), float(value), device=self.model.device, dtype=self._ode_dtype)
@@ -197,7 +215,7 @@ class BlockSampler:
         """Push clean frames ``[B, n, M]`` into both caches with time +1."""
         n = frames.shape[1]
         self.cache.begin_block(n, query_mask=query_mask)
-        e = self._dup(self.model.embed_latents(frames))
+        e = self._embed(frames, start)
         self.model(e, self._time(1.0, e.shape[0]), style, self._rope(start, n), self.cache, need_output=False)
         self.cache.commit()
 
@@ -220,7 +238,7 @@ class BlockSampler:
         b, n = clean.shape[1], x.shape[1]
         rows = style.shape[0]
         self.cache.begin_block(b + n, query_mask=block_causal_mask(b + n, b, self.model.device))
-        e = self._dup(self.model.embed_latents(torch.cat((clean, x), dim=1)))  # same frames in both branches
+        e = self._embed(torch.cat((clean, x), dim=1), start)  # same frames in both branches
         time = torch.cat((self._time(1.0, rows).expand(rows, b), self._time(t, rows).expand(rows, n)), dim=1)
         v = self.model(e, time, style, self._rope(start, b + n), self.cache)[:, b:].to(self._ode_dtype)
         self.cache.commit(b)
@@ -234,7 +252,7 @@ class BlockSampler:
         style = self._branch_style()
         n = x.shape[1]
         self.cache.begin_block(n)
-        e = self._dup(self.model.embed_latents(x))
+        e = self._embed(x, start)
         v = self.model(e, self._time(t, style.shape[0]), style, self._rope(start, n), self.cache).to(self._ode_dtype)
         return self._guide(v)
 
@@ -330,6 +348,7 @@ def sample_latents(
     num_history_block: int | None = None,
     eop_threshold: float = EOP_THRESHOLD,
     reference_numerics: bool = False,
+    beats_per_frame: Tensor | None = None,
 ) -> Tensor:
     """Sample a song's latents block by block.
 
@@ -346,12 +365,15 @@ def sample_latents(
         on_block: called as ``on_block(i, frames[B, k, M])`` with every finished block.
         reference_numerics: ODE arithmetic in the model's dtype, as the released fp16 GPU run
             (see :class:`SamplerSettings`).
+        beats_per_frame: ``[B]`` stated tempo over the latent frame rate (NaN: none), for a
+            DiT with a tempo clock (ignored by one without).
     Returns:
         ``[B, T, M]`` latents, T ≤ max_frames, trailing end-of-prediction frames trimmed.
     """
     settings = SamplerSettings(steps=steps, cfg_strength=cfg_strength, num_history_block=num_history_block,
                                eop_threshold=eop_threshold, reference_numerics=reference_numerics)
-    sampler = BlockSampler(model, tokens, style, max_frames, settings, noise=noise, prefix=prefix, token_lengths=token_lengths, generator=generator)
+    sampler = BlockSampler(model, tokens, style, max_frames, settings, noise=noise, prefix=prefix, token_lengths=token_lengths, generator=generator,
+                           beats_per_frame=beats_per_frame)
     for _ in sampler.blocks(on_block):
         pass
     return sampler.latents

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from dr2studio.config import ConfigError, JsonConfig
 
-__all__ = ["COND_DIM", "DiTConfig", "DiT", "AttentionContext", "MaskedAttention", "rotary_tables"]
+__all__ = ["COND_DIM", "DiTConfig", "DiT", "AttentionContext", "MaskedAttention", "rotary_tables", "tempo_clock"]
 
 COND_DIM = 512  # style, text-embedding and time-embedding width (hard-coded in the release)
 TIME_FREQ_DIM = 256
@@ -44,6 +44,9 @@ class DiTConfig(JsonConfig):
     repa_depth: int = -1
     repa_dims: list[int] = dataclasses.field(default_factory=lambda: [1024])
     conv_layers: int = 0  # accepted by the release, unused
+    #: dr2studio extension, off in the release: periods (in beats) of a sine/cosine "tempo clock"
+    #: added to every latent frame's embedding when the style states a tempo (see :func:`tempo_clock`)
+    tempo_clock: list[float] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         for name in ("dim", "depth", "heads", "ff_mult", "mel_dim", "text_num_embeds", "block_size"):
@@ -56,6 +59,10 @@ class DiTConfig(JsonConfig):
             raise ConfigError(f"head width dim/heads = {self.dim // self.heads} must be even for rotary positions")
         if self.repa_depth > self.depth:
             raise ConfigError(f"DiTConfig.repa_depth ({self.repa_depth}) exceeds depth ({self.depth})")
+        if not isinstance(self.tempo_clock, list) or not all(
+            isinstance(p, (int, float)) and math.isfinite(p) and p > 0 for p in self.tempo_clock
+        ):
+            raise ConfigError(f"DiTConfig.tempo_clock must be a list of positive periods in beats, got {self.tempo_clock!r}")
 
     @property
     def head_dim(self) -> int:
@@ -94,6 +101,28 @@ def rotary_tables(positions: Tensor, head_dim: int, dtype: torch.dtype,
     angles = positions.to(torch.float32)[..., None] * inv_freq  # [B, n, hd/2]
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+
+def tempo_clock(start: int, n: int, beats_per_frame: Tensor, periods: list[float]) -> Tensor:
+    """Beat-phase features of frames ``start .. start+n-1``: ``[B, n, 2·len(periods)]``.
+
+    Why: a song's beat is a phase the DiT would otherwise have to infer from the stated tempo and
+    the frame index through attention alone; the small demo DiT never did (its songs kept no
+    beat). With the clock, frame i of a song at r beats per frame sees ``sin/cos(2π·i·r/p)`` for
+    each period p (in beats), so placing onsets on the beat is a local decision. Frame 0 is
+    beat 0, as in the training songs. ``beats_per_frame [B]``: NaN (or <= 0) where no tempo is
+    known, which gives all-zero features, the same as the dropped condition in training.
+    """
+    r = beats_per_frame.float()
+    known = torch.isfinite(r) & (r > 0)
+    r = torch.where(known, r, torch.zeros_like(r))
+    idx = torch.arange(start, start + n, device=r.device, dtype=torch.float64)
+    inv = torch.tensor([1.0 / p for p in periods], device=r.device, dtype=torch.float64)
+    # phases in float64, wrapped to one cycle: a frame index in the thousands keeps its precision
+    cycles = (idx[None, :, None] * r.double()[:, None, None] * inv[None, None, :]) % 1.0
+    angle = (2 * math.pi * cycles).float()
+    feats = torch.cat((angle.sin(), angle.cos()), dim=-1)
+    return feats * known[:, None, None].to(feats.dtype)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -236,6 +265,12 @@ class DiT(nn.Module):
         self.text_embed = TextEmbedding(config.text_num_embeds)
         self.input_embed = InputEmbedding(d)
         self.latent_embed = nn.Sequential(nn.Linear(config.mel_dim, COND_DIM), nn.Linear(COND_DIM, COND_DIM))
+        if config.tempo_clock:
+            # zero at initialisation: a DiT fine-tuned from one without a clock starts out unchanged
+            self.clock_embed: nn.Linear | None = nn.Linear(2 * len(config.tempo_clock), COND_DIM, bias=False)
+            nn.init.zeros_(self.clock_embed.weight)
+        else:
+            self.clock_embed = None
         self.transformer_blocks = nn.ModuleList(DecoderLayer(d, config.heads, config.ff_mult) for _ in range(config.depth))
         self.long_skip_connection = nn.Linear(2 * d, d, bias=False) if config.long_skip_connection else None
         self.norm_out = AdaLayerNormFinal(d)
@@ -258,9 +293,22 @@ class DiT(nn.Module):
         """tokens ``[B, N]`` long -> ``[B, N, 512]``."""
         return self.text_embed(tokens)
 
-    def embed_latents(self, latents: Tensor) -> Tensor:
-        """latents ``[B, T, M]`` -> ``[B, T, 512]`` (two linears, no activation between)."""
-        return self.latent_embed(latents.to(self.dtype))
+    def embed_latents(self, latents: Tensor, start: int = 0, beats_per_frame: Tensor | None = None) -> Tensor:
+        """latents ``[B, T, M]`` (frames ``start ..``) -> ``[B, T, 512]`` (two linears, no activation between).
+
+        With a tempo clock in the config and ``beats_per_frame [B]`` given, the frames' beat-phase
+        features (:func:`tempo_clock`) are projected and added; otherwise the release's embedding.
+        """
+        e = self.latent_embed(latents.to(self.dtype))
+        clock = self.clock_embedding(start, latents.shape[1], beats_per_frame)
+        return e if clock is None else e + clock
+
+    def clock_embedding(self, start: int, n: int, beats_per_frame: Tensor | None) -> Tensor | None:
+        """The tempo clock's contribution ``[B, n, 512]`` to frames ``start ..``; None without a clock."""
+        if self.clock_embed is None or beats_per_frame is None:
+            return None
+        clock = tempo_clock(start, n, beats_per_frame.to(self.device), self.config.tempo_clock)
+        return self.clock_embed(clock.to(self.dtype))
 
     def forward(
         self,
