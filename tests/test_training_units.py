@@ -152,3 +152,18 @@ def test_vae_decoder_fine_tune_with_a_frozen_encoder_keeps_the_latent_space(tmp_
     for bad, message in (({"encoder_from": ""}, "needs encoder_from"), ({"train_decoder": False}, "nothing to train")):
         with pytest.raises(common.ConfigError, match=message):
             vae.build_models(vae.VAETrainConfig.from_dict({**tuned.to_dict(), **bad}))
+
+
+def test_a_fine_tuned_dit_keeps_the_record_of_the_run_it_started_from(tmp_path):
+    from dr2studio.checkpoints import save_dit
+    from dr2studio.models.dit import DiT, DiTConfig
+    from training.export import write_training_info
+
+    first = tmp_path / "first"
+    save_dit(DiT(DiTConfig(dim=32, depth=1, heads=2, ff_mult=2, mel_dim=4, text_num_embeds=16, block_size=2)), first)
+    write_training_info(first, "block_fm", {"run": "first", "step": 3000})
+    cfg = block_fm.BlockFMTrainConfig(name="second", init_from=str(first), model={"tempo_clock": [1.0]}, lr=5e-4)
+    info = block_fm.stage_info(cfg, 1500)
+    assert info["run"] == "second" and info["step"] == 1500 and info["init_from"] == str(first)
+    assert info["tempo_clock"] == [1.0] and info["previous"] == {"run": "first", "step": 3000}
+    assert "previous" not in block_fm.stage_info(block_fm.BlockFMTrainConfig(name="fresh"), 10)

@@ -32,9 +32,9 @@ from dr2studio.flow.block_fm import BlockFlowMatching, BlockFMConfig
 from dr2studio.models.dit import DecoderLayer, DiT, DiTConfig
 from training import common
 from training.common import TrainConfig
-from training.export import export_dit
+from training.export import export_dit, read_training_info
 
-__all__ = ["BlockFMTrainConfig", "smoke_config", "build_dit", "train_loop", "export", "main"]
+__all__ = ["BlockFMTrainConfig", "smoke_config", "build_dit", "train_loop", "export", "stage_info", "main"]
 
 log = logging.getLogger("dr2studio.training.block_fm")
 
@@ -175,9 +175,20 @@ def export(cfg: BlockFMTrainConfig, checkpoint_dir: str | Path, dst: str | Path 
     dit_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     assets = cfg.assets_dir or cfg.init_from or None
     return export_dit(dit_state, cfg.dit_config(), dst or common.export_dir(cfg), assets_dir=assets,
-                      stage="block_fm", info={"run": cfg.name, "step": meta["step"], "data": cfg.data,
-                                                         "init_from": cfg.init_from, "lr": cfg.lr,
-                                                         "decay_steps": cfg.decay_steps})
+                      stage="block_fm", info=stage_info(cfg, meta["step"]))
+
+
+def stage_info(cfg: BlockFMTrainConfig, step: int) -> dict[str, Any]:
+    """The export's ``block_fm`` record; a DiT fine-tuned from one of ours nests that one's record
+    as ``previous``, so a chain of runs stays on record after the assets come from elsewhere."""
+    info: dict[str, Any] = {"run": cfg.name, "step": step, "data": cfg.data, "init_from": cfg.init_from,
+                            "lr": cfg.lr, "decay_steps": cfg.decay_steps}
+    if cfg.dit_config().tempo_clock:
+        info["tempo_clock"] = cfg.dit_config().tempo_clock
+    previous = read_training_info(cfg.init_from, "block_fm")
+    if previous is not None:
+        info["previous"] = previous
+    return info
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

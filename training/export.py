@@ -18,7 +18,7 @@ import torch
 from dr2studio.config import atomic_write_text
 from dr2studio.models.dit import DiT, DiTConfig
 
-__all__ = ["ASSET_FILES", "copy_assets", "write_training_info", "export_dit"]
+__all__ = ["ASSET_FILES", "copy_assets", "read_training_info", "write_training_info", "export_dit"]
 
 log = logging.getLogger("dr2studio.training")
 
@@ -45,6 +45,18 @@ def copy_assets(src: str | os.PathLike | None, dst: Path, skip: tuple[str, ...] 
         os.replace(tmp, dst / name)
         copied.append(name)
     return copied
+
+
+def read_training_info(model_dir: str | os.PathLike | None, stage: str) -> dict[str, Any] | None:
+    """The ``stage`` record in ``model_dir/dr2studio.json``; None when there is none (e.g. released weights)."""
+    if not model_dir:
+        return None
+    path = Path(model_dir) / "dr2studio.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")).get("training", {}).get(stage)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_training_info(dst: Path, stage: str, info: dict[str, Any]) -> None:
