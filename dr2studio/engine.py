@@ -120,7 +120,8 @@ class JobEvent:
     """One thing that happened to a job, delivered to ``on_event`` callbacks in order.
 
     ``type``: ``queued``, ``started``, ``progress`` (``fraction`` 0..1, ``stage``), ``audio``
-    (``audio`` [channels, n] float32 starting at sample ``offset``), ``done``, ``error`` or ``cancelled``
+    (``audio`` [channels, n] float32 starting at sample ``offset`` of the output song: from 0 for
+    generate, from the splice point for extend, none for infill), ``done``, ``error`` or ``cancelled``
     (``message``).
     """
 
@@ -487,7 +488,13 @@ def run_studio_job(studio: Any, job: Job, ctx: JobContext, default_style: Any = 
     if req.kind == "generate":
         return studio.generate(req.lyrics, style, req.duration, on_audio=on_audio, **common)
     if req.kind == "extend":
-        return studio.extend(job.song, req.lyrics, seconds=req.seconds, style=style, **common)
+
+        def on_splice(sample: int) -> None:  # extend streams the output from its splice point on
+            nonlocal offset
+            offset = sample
+
+        return studio.extend(job.song, req.lyrics, seconds=req.seconds, style=style, on_audio=on_audio,
+                             on_splice=on_splice, **common)
     return studio.infill(job.song, req.start, req.end, req.lyrics, style=style, **common)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from dr2studio.audio.io import fake_stereo, resample, to_mono
-from dr2studio.audio.splice import splice
+from dr2studio.audio.splice import SpliceStream, splice
 from dr2studio.song import Song
 
 __all__ = ["Studio", "Song", "StudioError", "ProgressCallback", "AudioCallback", "MAX_SECONDS", "model_fingerprint"]
@@ -454,6 +454,14 @@ class Studio:
         stereo = fake_stereo(new, self.sample_rate)
         return stereo if channels == 2 else stereo[:1].expand(channels, -1).contiguous()
 
+    def _channel_stream(self, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Streaming :meth:`_match_channels`: mono chunks in, chunks with ``channels`` channels out."""
+        if channels == 1:
+            return lambda chunk: chunk
+        if channels == 2:
+            return _StereoStream(self.sample_rate)
+        return lambda chunk: chunk.expand(channels, -1).contiguous()
+
     def _song_style(self, song: Song, style: Any) -> torch.Tensor:
         if style is not None:
             return self.style_embedding(style)
@@ -474,12 +482,18 @@ class Studio:
         crossfade: float = DEFAULT_CROSSFADE,
         progress: ProgressCallback | None = None,
         inversion_steps: int | None = None,
+        on_audio: AudioCallback | None = None,
+        on_splice: Callable[[int], None] | None = None,
     ) -> Song:
         """Continue ``song`` with new ``lyrics`` for up to ``seconds`` (default 30).
 
         The lyric context is the song's lyrics followed by the new ones. The output's samples before
         ``settings["edits"][-1]["splice"]`` seconds are the input's (at the model rate). A song without
         sidecar latents is encoded first (``inversion_steps`` bounds a decoder inversion).
+
+        Streaming: ``on_splice(sample)`` is called once with the splice point before any audio, then
+        ``on_audio`` receives the output from that sample on as it is decoded (the crossfade in one
+        piece once its window is complete); the chunks concatenated equal ``song.audio[:, sample:]``.
         """
         seconds = _check_seconds(DEFAULT_EXTEND_SECONDS if seconds is None else seconds, "seconds")
         crossfade = self._check_crossfade(crossfade)
@@ -502,8 +516,20 @@ class Studio:
         fade = min(round(crossfade * self.sample_rate), joint)
         ctx = min(prefix_len, math.ceil(fade / hop) + _CONTEXT_FRAMES)
         max_frames = prefix_len + max(1, round(seconds * self.frame_rate))
+        sink = None
+        if on_audio is not None:
+            channels, joined = self._channel_stream(audio.shape[0]), SpliceStream(
+                audio[:, joint - fade : joint], joint - fade, offset=(prefix_len - ctx) * hop)
+
+            def sink(chunk: torch.Tensor) -> None:
+                out = joined(channels(chunk))
+                if out.shape[1]:
+                    on_audio(out)
+
+        if on_splice is not None:
+            on_splice(joint - fade)
         r = self._render(context, style_vec, max_frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                         prefix=latents, context_frames=ctx, progress=progress, tempo=tempo)
+                         prefix=latents, context_frames=ctx, progress=progress, on_audio=sink, tempo=tempo)
         new = self._match_channels(r.audio, audio.shape[0])
         out = splice(audio[:, :joint], new, at=joint - fade, fade=fade, offset=r.first_frame * hop)
         added = r.latents.shape[1] - prefix_len

@@ -21,7 +21,7 @@ from dr2studio.audio.effects import (
     normalize_loudness,
 )
 from dr2studio.audio.io import AudioError, fake_stereo, read_audio, resample, write_audio
-from dr2studio.audio.splice import crossfade, equal_power_ramps, splice
+from dr2studio.audio.splice import SpliceStream, crossfade, equal_power_ramps, splice
 from dr2studio.config import ConfigError
 
 SR = 48000
@@ -114,6 +114,23 @@ def test_splice_keeps_outside_samples_and_uses_offset() -> None:
     with pytest.raises(ValueError, match="runs past"):
         splice(first, second, at=990, fade=50, offset=500)
 
+
+
+@pytest.mark.parametrize("fade", [0, 50, 333])
+@pytest.mark.parametrize("sizes", [[700], [1, 99, 150, 450], [37] * 18 + [34], [100, 0, 600]])
+def test_splice_stream_gives_the_splice_whatever_the_chunking(fade: int, sizes: list[int]) -> None:
+    first, second, at, offset = torch.randn(2, 1000), torch.randn(2, 700), 600, 500
+    stream = SpliceStream(first[:, at : at + fade], at, offset)
+    pieces, start = [], 0
+    for n in sizes:
+        pieces.append(stream(second[:, start : start + n]))
+        start += n
+    assert start == second.shape[1]
+    assert torch.equal(torch.cat(pieces, dim=1), splice(first, second, at, fade, offset=offset)[:, at:])
+    if sizes[0] <= at - offset:  # nothing before the splice point comes out
+        assert pieces[0].shape[1] == 0
+    with pytest.raises(ValueError, match="offset <= at"):
+        SpliceStream(first[:, :10], 400, offset=500)
 
 # -- effects -------------------------------------------------------------------------------------------
 

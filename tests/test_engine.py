@@ -209,11 +209,17 @@ def test_local_engine_generates_streams_extends_and_cancels(tiny_engine):
     streamed = np.concatenate([c.audio for c in chunks], axis=1)
     np.testing.assert_array_equal(streamed, song.audio.numpy())  # streamed blocks are the song
 
+    events.clear()
     longer = tiny_engine.submit(JobRequest(kind="extend", lyrics="[chorus]\nla la la", seconds=4.0, steps=2, seed=4),
-                                song=song).wait(120)
+                                song=song, on_event=on_event).wait(120)
     splice = round(longer.settings["edits"][-1]["splice"] * 48000)
     assert longer.audio.shape[1] > song.audio.shape[1]
     torch.testing.assert_close(longer.audio[:, :splice], song.audio[:, :splice], rtol=0, atol=0)
+    # the extension streams too: from the splice point on, crossfade included, in order
+    chunks = [e for e in events if e.type == "audio"]
+    assert chunks and chunks[0].offset == splice
+    assert [c.offset for c in chunks[1:]] == list(np.cumsum([c.audio.shape[1] for c in chunks[:-1]]) + splice)
+    np.testing.assert_array_equal(np.concatenate([c.audio for c in chunks], axis=1), longer.audio[:, splice:].numpy())
 
     def cancel_on_first_block(e: JobEvent) -> None:
         if e.type == "progress" and e.stage == "sample":

@@ -101,6 +101,19 @@ def test_extend_keeps_input_before_splice(studio: Studio, song: Song) -> None:
     assert float((longer.audio[:, splice:joint] - song.audio[:, splice:]).abs().max()) < 1.0
 
 
+def test_extend_streams_the_output_from_the_splice_point(studio: Studio, song: Song) -> None:
+    stereo = studio.generate(LYRICS, song.style, 2.0, steps=STEPS, seed=2, stereo=True)
+    for take in (song, stereo):
+        chunks: list[torch.Tensor] = []
+        at: list[int] = []
+        longer = studio.extend(take, MORE, seconds=2.0, steps=STEPS, seed=5, crossfade=0.1,
+                               on_audio=chunks.append, on_splice=at.append)
+        splice = round(longer.settings["edits"][-1]["splice"] * 48000)
+        assert at == [splice] and chunks
+        assert all(c.shape[0] == take.audio.shape[0] for c in chunks)
+        assert torch.equal(torch.cat(chunks, dim=1), longer.audio[:, splice:])
+
+
 def test_infill_keeps_outside_and_length(studio: Studio, song: Song) -> None:
     start, end, xf = 1.1, 2.3, 0.1
     fixed = studio.infill(song, start, end, MORE, steps=STEPS, seed=9, crossfade=xf)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-__all__ = ["equal_power_ramps", "crossfade", "splice"]
+__all__ = ["equal_power_ramps", "crossfade", "splice", "SpliceStream"]
 
 
 def equal_power_ramps(n: int, *, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,3 +53,36 @@ def splice(first: torch.Tensor, second: torch.Tensor, at: int, fade: int, *, off
         )
     mixed = crossfade(first[:, at:end], second[:, at - offset : end - offset])
     return torch.cat([first[:, :at], mixed, second[:, end - offset :]], dim=1)
+
+
+class SpliceStream:
+    """:func:`splice` for a ``second`` timeline that arrives in chunks (an extension being decoded).
+
+    Feed the chunks of ``second`` in order; each call returns the output samples that are final, from
+    ``at`` on: nothing before the splice point, the whole crossfade at once when its window is
+    complete, then the new audio as it comes. The returned pieces concatenated equal
+    ``splice(first, second, at, fade, offset=offset)[:, at:]``. ``window`` is ``first[:, at:at + fade]``.
+    """
+
+    def __init__(self, window: torch.Tensor, at: int, offset: int = 0) -> None:
+        if at < 0 or offset < 0 or offset > at:
+            raise ValueError(f"need 0 <= offset <= at, got at={at}, offset={offset}")
+        self.window, self.at = window, at
+        self.end = at + window.shape[1]
+        self.pos = offset  # timeline position of the next incoming sample
+        self._pending: list[torch.Tensor] = []  # new audio inside the crossfade window, not yet emitted
+
+    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        start, self.pos = self.pos, self.pos + chunk.shape[1]
+        if self.pos <= self.at:
+            return chunk[:, :0]
+        chunk = chunk[:, max(self.at - start, 0):]
+        start = max(start, self.at)
+        if start >= self.end:
+            return chunk
+        self._pending.append(chunk[:, : self.end - start])
+        if self.pos < self.end:
+            return chunk[:, :0]
+        mixed = crossfade(self.window.to(chunk.dtype), torch.cat(self._pending, dim=1))
+        self._pending = []
+        return torch.cat([mixed, chunk[:, self.end - start :]], dim=1)
