@@ -495,3 +495,15 @@ def test_reaper_import_script_places_the_takes(client, tmp_path):
     assert items[1]["D_POSITION"] > 0
     lua.execute(script)  # already imported: nothing new
     assert len(lua.globals().placed) == 2
+
+
+def test_the_daw_tempo_reaches_the_style_prompt(tmp_path):
+    from dr2studio.bridge.session import Session
+
+    session = Session(project=tmp_path)
+    assert session.style_prompt() is None  # no text: the bridge's style embedding is used
+    session.style = "pop, A minor, piano"
+    session.set_tempo(97.5)
+    assert session.style_prompt() == "pop, A minor, piano, 97.5 bpm"
+    session.style = "ballad, 70 BPM, piano"  # the text's own tempo wins over the project's
+    assert session.style_prompt() == "ballad, 70 BPM, piano"

@@ -301,7 +301,7 @@ class Bridge:
         if spec.seed is not None and not 0 <= spec.seed < 2**63:
             raise BridgeError(f"seed {spec.seed} must be a non-negative integer")
         cfg = self.cfg_strength if spec.cfg_strength is None else float(spec.cfg_strength)
-        common = dict(steps=self.steps, cfg_strength=cfg, seed=spec.seed, style=session.style)
+        common = dict(steps=self.steps, cfg_strength=cfg, seed=spec.seed, style=session.style_prompt())
         if self.style_embedding is not None and session.style is None:
             common["style_embedding"] = [float(v) for v in self.style_embedding.reshape(-1).tolist()]
         if spec.kind == "song":

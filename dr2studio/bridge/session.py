@@ -118,6 +118,20 @@ class Session:
             raise BridgeError(f"tempo {bpm} bpm is outside 20..999")
         self.bpm = float(bpm)
 
+    def style_prompt(self) -> str | None:
+        """The style text the model gets: the session's, with the session tempo added when it states none.
+
+        Why: the DAW's tempo is the song's tempo; a model with a tempo clock places its beat on it, so
+        a take lines up with the project grid (an explicit "90 bpm" in the style text still wins).
+        """
+        if self.style is None:
+            return None
+        from dr2studio.style.tags import parse_style_tags
+
+        if parse_style_tags(self.style).tempo is not None:
+            return self.style
+        return f"{self.style}, {self.bpm:g} bpm"
+
     def set_timesig(self, num: int, den: int) -> None:
         if not 1 <= num <= 32 or den not in (1, 2, 4, 8, 16, 32):
             raise BridgeError(f"time signature {num}/{den}: numerator 1..32, denominator a power of two up to 32")
