@@ -1,4 +1,5 @@
-"""The shipped demo model: complete, small, trained by our pipelines, and it makes music, not noise."""
+"""The shipped demo model: complete, small, trained by our pipelines, and it makes music, not noise,
+on the beat of the tempo the style text states."""
 from __future__ import annotations
 
 import json
@@ -93,3 +94,21 @@ def test_generation_is_music_not_noise(generated):
     var, var_noise = _envelope_variation(mono, sr), _envelope_variation(noise, sr)
     assert var > 3 * var_noise, f"loudness envelope varies like stationary noise ({var:.3f} vs {var_noise:.3f})"
     assert analysis.estimate_tempo(mono, sr, min_strength=0.0) > 0, "no onsets at all in the generated audio"
+
+
+def _beat_check(audio: np.ndarray, sr: int, bpm: float) -> None:
+    mono = audio.reshape(-1, audio.shape[-1]).mean(0)
+    found = analysis.estimate_tempo(mono, sr)  # default strength threshold: a clear beat
+    assert analysis.tempo_error(found, bpm) < 0.04, f"tempo {found:.1f} bpm, the style says {bpm}"
+    on, off = analysis.beat_strength(mono, sr, bpm), analysis.beat_strength(mono, sr, bpm * 1.13)
+    assert on > 0.2 and on > 3 * off, f"beat strength {on:.2f} at {bpm} bpm, {off:.2f} at a wrong tempo"
+
+
+def test_generation_plays_the_stated_tempo(generated):
+    _beat_check(*generated, 120.0)
+
+
+def test_another_stated_tempo_is_followed_too(studio):
+    song = studio.generate(LYRICS, STYLE.replace("120 bpm", "96 bpm"), 12.0, steps=8, cfg_strength=2.0, seed=3)
+    assert song.settings["tempo_bpm"] == 96.0
+    _beat_check(song.audio.detach().float().cpu().numpy(), int(song.sample_rate), 96.0)
