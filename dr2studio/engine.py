@@ -77,6 +77,7 @@ class JobRequest(JsonConfig):
     ``kind``: ``generate`` (``duration`` seconds from scratch), ``extend`` (``seconds`` more after the
     given song; ``None`` lets the lyrics decide) or ``infill`` (regenerate ``[start, end)`` seconds of
     the given song). ``style`` is a text prompt; ``style_embedding`` a 512-float vector that wins over it.
+    ``tempo`` (bpm) drives a model's tempo clock; by default the tempo the ``style`` text states.
     """
 
     kind: str = "generate"
@@ -90,6 +91,7 @@ class JobRequest(JsonConfig):
     steps: int = 32
     cfg_strength: float = 2.0
     seed: int | None = None
+    tempo: float | None = None
 
     def validate(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -111,6 +113,9 @@ class JobRequest(JsonConfig):
         if self.kind == "infill":
             if self.start is None or self.end is None or not self.start < self.end:
                 raise ConfigError(f"infill needs start < end seconds, got start={self.start} end={self.end}")
+        if self.tempo is not None and (isinstance(self.tempo, bool) or not isinstance(self.tempo, (int, float))
+                                       or not 20.0 <= float(self.tempo) <= 999.0):
+            raise ConfigError(f"tempo={self.tempo!r} must be a number of bpm in [20, 999]")
         if self.style_embedding is not None and len(self.style_embedding) != 512:
             raise ConfigError(f"style_embedding has {len(self.style_embedding)} values, expected 512")
 
@@ -483,7 +488,8 @@ def run_studio_job(studio: Any, job: Job, ctx: JobContext, default_style: Any = 
         ctx.audio(arr, offset)
         offset += arr.shape[-1]
 
-    common = dict(steps=req.steps, cfg_strength=req.cfg_strength, seed=req.seed, progress=on_progress)
+    tempo = req.tempo if req.tempo is not None else studio.stated_tempo(req.style)  # style may be an embedding below
+    common = dict(steps=req.steps, cfg_strength=req.cfg_strength, seed=req.seed, progress=on_progress, tempo=tempo)
     ctx.progress(0.0, "start")
     if req.kind == "generate":
         return studio.generate(req.lyrics, style, req.duration, on_audio=on_audio, **common)

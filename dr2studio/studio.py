@@ -258,10 +258,24 @@ class Studio:
 
         return parse_style_tags(style).tempo
 
-    def _song_tempo(self, song: Song, style: Any) -> float | None:
-        """The tempo to continue ``song`` at: the new style's, else the one it was made with."""
-        if style is not None:
-            return self.stated_tempo(style)
+    @staticmethod
+    def _tempo(tempo: float | None, style: Any) -> float | None:
+        """``tempo`` checked, else the one ``style`` states."""
+        if tempo is None:
+            return Studio.stated_tempo(style)
+        try:
+            tempo = float(tempo)
+        except (TypeError, ValueError) as exc:
+            raise StudioError(f"tempo must be a number of beats per minute, got {tempo!r}") from exc
+        if not (math.isfinite(tempo) and 20.0 <= tempo <= 999.0):
+            raise StudioError(f"tempo must be 20..999 bpm, got {tempo:g}")
+        return tempo
+
+    def _song_tempo(self, song: Song, style: Any, tempo: float | None) -> float | None:
+        """The tempo to continue ``song`` at: the one given, the new style's, else the one it was made with."""
+        tempo = self._tempo(tempo, style)
+        if tempo is not None:
+            return tempo
         bpm = song.settings.get("tempo_bpm") if isinstance(song.settings, dict) else None
         return float(bpm) if isinstance(bpm, (int, float)) and bpm > 0 else None
 
@@ -375,17 +389,19 @@ class Studio:
         on_audio: AudioCallback | None = None,
         *,
         stereo: bool = False,
+        tempo: float | None = None,
     ) -> Song:
         """A new song of at most ``duration`` seconds (the model may end it earlier).
 
         ``on_audio`` receives the audio ``[C, n]`` as it is decoded (C = 2 with ``stereo``); the chunks
-        concatenated equal ``song.audio``.
+        concatenated equal ``song.audio``. ``tempo`` (bpm) drives a model's tempo clock; by default
+        the tempo a text ``style`` states (give it when the style is an embedding or audio).
         """
         duration = _check_seconds(duration, "duration")
         frames = max(1, round(duration * self.frame_rate))
         tokens, text = self.encode_lyrics(lyrics)
         style_vec = self.style_embedding(style)
-        tempo = self.stated_tempo(style)
+        tempo = self._tempo(tempo, style)
         seed = _new_seed(seed)
         stream = _StereoStream(self.sample_rate) if stereo else None
         sink = None
@@ -484,6 +500,7 @@ class Studio:
         inversion_steps: int | None = None,
         on_audio: AudioCallback | None = None,
         on_splice: Callable[[int], None] | None = None,
+        tempo: float | None = None,
     ) -> Song:
         """Continue ``song`` with new ``lyrics`` for up to ``seconds`` (default 30).
 
@@ -494,12 +511,13 @@ class Studio:
         Streaming: ``on_splice(sample)`` is called once with the splice point before any audio, then
         ``on_audio`` receives the output from that sample on as it is decoded (the crossfade in one
         piece once its window is complete); the chunks concatenated equal ``song.audio[:, sample:]``.
+        ``tempo`` (bpm, for a model's tempo clock): by default the new style's, else the song's own.
         """
         seconds = _check_seconds(DEFAULT_EXTEND_SECONDS if seconds is None else seconds, "seconds")
         crossfade = self._check_crossfade(crossfade)
         new_tokens, new_text = self.encode_lyrics(lyrics)
         style_vec = self._song_style(song, style)
-        tempo = self._song_tempo(song, style)
+        tempo = self._song_tempo(song, style, tempo)
         seed = _new_seed(seed)
         audio, latents, encoded = self._song_state(song, progress, inversion_steps)
         context = new_tokens
@@ -563,17 +581,19 @@ class Studio:
         crossfade: float = DEFAULT_CROSSFADE,
         progress: ProgressCallback | None = None,
         inversion_steps: int | None = None,
+        tempo: float | None = None,
     ) -> Song:
         """Regenerate ``[start, end)`` seconds with new ``lyrics``; everything else is kept.
 
         The new part continues from the latents before ``start`` (conditioned on the new lyrics) and is
         crossfaded back into the original after ``end``. Samples outside
         ``[start - crossfade, end + crossfade]`` are the input's; the length is unchanged.
+        ``tempo`` (bpm, for a model's tempo clock): by default the new style's, else the song's own.
         """
         crossfade = self._check_crossfade(crossfade)
         new_tokens, new_text = self.encode_lyrics(lyrics)
         style_vec = self._song_style(song, style)
-        tempo = self._song_tempo(song, style)
+        tempo = self._song_tempo(song, style, tempo)
         seed = _new_seed(seed)
         try:
             start, end = float(start), float(end)

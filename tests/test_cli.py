@@ -13,6 +13,7 @@ from torchaudio.models import HDemucs
 
 from dr2studio.audio.io import read_audio
 from dr2studio.cli import main
+from dr2studio.song import Song
 from dr2studio.testing import build_tiny_model
 
 SR = 48000
@@ -252,6 +253,11 @@ def test_readme_main_job_with_demo_model(work: Path, tmp_path: Path, monkeypatch
             *FAST, "-o", out)
     assert "shipped demo model" in r.stderr and r.stdout.startswith(str(out))
     assert read_audio(out)[0].shape == (1, 2 * SR)
+    # the style text's tempo reaches the model (a tempo clock needs it) and is kept for later edits
+    assert Song.load(out).settings["tempo_bpm"] == 120.0
+    longer = tmp_path / "longer.wav"
+    run("extend", out, "--lyrics", lrc, "--seconds", "1", "--style", "pop, 90 bpm", *FAST, "-o", longer)
+    assert Song.load(longer).settings["tempo_bpm"] == 90.0
 
 
 def test_extend_without_sidecar_says_how_it_encodes(work: Path, session: dict) -> None:

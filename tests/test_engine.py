@@ -163,6 +163,9 @@ def test_close_cancels_waiting_jobs():
         (dict(kind="generate", lyrics="x", duration=5000), "duration"),
         (dict(kind="generate", lyrics="x" * 70000, duration=5), "lyrics"),
         (dict(kind="generate", lyrics="x", duration=5, style_embedding=[0.0] * 3), "512"),
+        (dict(kind="generate", lyrics="x", duration=5, tempo=5), "tempo"),
+        (dict(kind="generate", lyrics="x", duration=5, tempo="fast"), "tempo"),
+        (dict(kind="generate", lyrics="x", duration=5, tempo=True), "tempo"),
     ],
 )
 def test_bad_requests_are_rejected_before_queueing(tiny_engine, kwargs, message):
@@ -176,7 +179,7 @@ def test_extend_without_song_is_rejected(tiny_engine):
 
 
 def test_job_request_round_trips_json():
-    req = JobRequest(kind="infill", lyrics="[chorus]\nla", start=1.0, end=2.5, seed=7, style="lofi")
+    req = JobRequest(kind="infill", lyrics="[chorus]\nla", start=1.0, end=2.5, seed=7, style="lofi", tempo=97.5)
     assert JobRequest.from_dict(req.to_dict()) == req
 
 
@@ -220,6 +223,11 @@ def test_local_engine_generates_streams_extends_and_cancels(tiny_engine):
     assert chunks and chunks[0].offset == splice
     assert [c.offset for c in chunks[1:]] == list(np.cumsum([c.audio.shape[1] for c in chunks[:-1]]) + splice)
     np.testing.assert_array_equal(np.concatenate([c.audio for c in chunks], axis=1), longer.audio[:, splice:].numpy())
+
+    # an embedding states no tempo: the request's reaches the song (and a tempo-clock model)
+    timed = tiny_engine.submit(JobRequest(kind="generate", lyrics="[verse]\nhi", duration=1.0, steps=2, seed=1,
+                                          tempo=97.5)).wait(120)
+    assert timed.settings["tempo_bpm"] == 97.5 and "tempo_bpm" not in song.settings
 
     def cancel_on_first_block(e: JobEvent) -> None:
         if e.type == "progress" and e.stage == "sample":

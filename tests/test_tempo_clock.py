@@ -147,7 +147,7 @@ def test_fine_tuning_adds_a_zero_clock_to_a_trained_dit(tmp_path) -> None:
 
 def test_studio_drives_the_clock_from_the_style_text_and_keeps_it_for_extend(tmp_path) -> None:
     from dr2studio.checkpoints import load_dit, save_dit
-    from dr2studio.studio import Studio
+    from dr2studio.studio import Studio, StudioError
     from dr2studio.testing import build_tiny_model
 
     path = build_tiny_model(tmp_path / "m", style_encoder=True)
@@ -164,6 +164,12 @@ def test_studio_drives_the_clock_from_the_style_text_and_keeps_it_for_extend(tmp
     assert fast.settings["tempo_bpm"] == 120.0
     assert not torch.equal(fast.latents, studio.generate(lyrics, "pop, piano", 2.0, **kw).latents)
     assert Studio.stated_tempo("pop, piano") is None and Studio.stated_tempo("ref.wav") is None
+    # an embedding states no tempo: given explicitly, the take is the text prompt's
+    vec = studio.style_embedding("pop, 120 bpm, piano")
+    assert torch.equal(studio.generate(lyrics, vec, 2.0, tempo=120, **kw).latents, fast.latents)
+    for bad in (5, float("nan"), "fast"):
+        with pytest.raises(StudioError, match="tempo"):
+            studio.generate(lyrics, vec, 2.0, tempo=bad, **kw)
 
     longer = studio.extend(fast, "[chorus]\nla la\n", seconds=1.0, **kw)
     assert longer.settings["tempo_bpm"] == 120.0  # continued at the tempo it was made with

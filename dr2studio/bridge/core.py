@@ -304,6 +304,7 @@ class Bridge:
         common = dict(steps=self.steps, cfg_strength=cfg, seed=spec.seed, style=session.style_prompt())
         if self.style_embedding is not None and session.style is None:
             common["style_embedding"] = [float(v) for v in self.style_embedding.reshape(-1).tolist()]
+            common["tempo"] = session.bpm  # the embedding states no tempo; the session's is the song's
         if spec.kind == "song":
             sections = session.ordered_sections()
             if not sections:

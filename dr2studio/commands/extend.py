@@ -50,12 +50,13 @@ def extend(song_path: Path, lyrics_path: Path, seconds: float, crossfade: float,
         raise click.ClickException(f"--crossfade must be in [0, 2] seconds, got {crossfade:g}")
     song, style = cli.prepare_edit(song_path, lyrics_path, style_text, style_audio, style_embedding, output)
     studio = cli.load_studio(model, device, dtype, g2p_assets, quiet)
+    tempo = studio.stated_tempo(style_text)  # the embedding below no longer says it; a tempo clock needs it
     style = studio.style_embedding(style) if style is not None else None  # fail before any progress
     cli.announce_encoding(song, studio, song_path, quiet)
     longer, elapsed = cli.render_and_save(
         lambda progress: studio.extend(song, lyrics_path, seconds, style=style, steps=steps, cfg_strength=cfg_strength,
                                        seed=seed, crossfade=crossfade, progress=progress,
-                                       inversion_steps=inversion_steps),
+                                       inversion_steps=inversion_steps, tempo=tempo),
         output, quiet)
     edit = longer.settings["edits"][-1]
     result = cli.song_result(longer, output, studio, elapsed)

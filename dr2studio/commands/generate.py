@@ -43,10 +43,11 @@ def generate(lyrics_path: Path, style_text: str | None, style_audio: Path | None
     style = cli.style_from_options(style_text, style_audio, style_embedding, required=True)
     cli.check_output(output)
     studio = cli.load_studio(model, device, dtype, g2p_assets, quiet)
+    tempo = studio.stated_tempo(style_text)  # the embedding below no longer says it; a tempo clock needs it
     style = studio.style_embedding(style) if style is not None else None  # fail before any progress
     song, elapsed = cli.render_and_save(
         lambda progress: studio.generate(lyrics_path, style, duration, steps=steps, cfg_strength=cfg_strength,
-                                         seed=seed, progress=progress, stereo=stereo),
+                                         seed=seed, progress=progress, stereo=stereo, tempo=tempo),
         output, quiet)
     result = cli.song_result(song, output, studio, elapsed)
     result.update(steps=steps, cfg_strength=cfg_strength, stereo=stereo, requested_duration=duration)

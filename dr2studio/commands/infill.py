@@ -83,12 +83,13 @@ def infill(song_path: Path, start: float | None, end: float | None, start_bar: f
         raise click.ClickException(f"end ({t1:g} s) is past the end of {song_path.name} ({info.duration:.2f} s)")
     song, style = cli.prepare_edit(song_path, lyrics_path, style_text, style_audio, style_embedding, output)
     studio = cli.load_studio(model, device, dtype, g2p_assets, quiet)
+    tempo = studio.stated_tempo(style_text)  # the embedding below no longer says it; a tempo clock needs it
     style = studio.style_embedding(style) if style is not None else None  # fail before any progress
     cli.announce_encoding(song, studio, song_path, quiet)
     fixed, elapsed = cli.render_and_save(
         lambda progress: studio.infill(song, t0, t1, lyrics_path, style=style, steps=steps, cfg_strength=cfg_strength,
                                        seed=seed, crossfade=crossfade, progress=progress,
-                                       inversion_steps=inversion_steps),
+                                       inversion_steps=inversion_steps, tempo=tempo),
         output, quiet)
     edit = fixed.settings["edits"][-1]
     result = cli.song_result(fixed, output, studio, elapsed)
