@@ -536,8 +536,8 @@ class Studio:
         max_frames = prefix_len + max(1, round(seconds * self.frame_rate))
         sink = None
         if on_audio is not None:
-            channels, joined = self._channel_stream(audio.shape[0]), SpliceStream(
-                audio[:, joint - fade : joint], joint - fade, offset=(prefix_len - ctx) * hop)
+            channels = self._channel_stream(audio.shape[0])
+            joined = SpliceStream(audio[:, joint - fade : joint], joint - fade, offset=(prefix_len - ctx) * hop)
 
             def sink(chunk: torch.Tensor) -> None:
                 out = joined(channels(chunk))

@@ -134,9 +134,9 @@ def train_loop(loop_config: dict) -> None:
     modules, optimizers, schedulers = {"objective": wrapped}, {"adamw": (wrapped, opt)}, {"warmup": sched}
     state = common.restore(modules=modules, optimizers=optimizers, schedulers=schedulers)
 
-    beats_per_second = None
-    if model.clock_embed is not None:  # the clock runs in beats per latent frame
-        beats_per_second = 1.0 / (60.0 * index.latent_rate)
+    frames_per_minute = None
+    if model.clock_embed is not None:  # the clock runs in beats per latent frame: bpm / frames per minute
+        frames_per_minute = 60.0 * index.latent_rate
     stream = ShardStream(cfg.data, cfg.batch_size, functools.partial(collate_examples, max_frames=cfg.max_frames),
                          rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
     batches = stream.iter_from(state.position)
@@ -147,7 +147,7 @@ def train_loop(loop_config: dict) -> None:
         common.maybe_kill(cfg, ctx, step)
         batch, position = next(batches)
         batch = batch.to(ctx.device)
-        bpf = None if beats_per_second is None or batch.tempo is None else batch.tempo * beats_per_second
+        bpf = None if frames_per_minute is None or batch.tempo is None else batch.tempo / frames_per_minute
         with common.autocast(cfg, ctx.device):
             out = wrapped(batch.latents, batch.latent_mask.sum(1), batch.tokens, batch.token_mask.sum(1),
                           batch.style, _repa_targets(batch, ssl_names), generator=gen, beats_per_frame=bpf)
@@ -183,8 +183,9 @@ def stage_info(cfg: BlockFMTrainConfig, step: int) -> dict[str, Any]:
     as ``previous``, so a chain of runs stays on record after the assets come from elsewhere."""
     info: dict[str, Any] = {"run": cfg.name, "step": step, "data": cfg.data, "init_from": cfg.init_from,
                             "lr": cfg.lr, "decay_steps": cfg.decay_steps}
-    if cfg.dit_config().tempo_clock:
-        info["tempo_clock"] = cfg.dit_config().tempo_clock
+    clock = cfg.dit_config().tempo_clock
+    if clock:
+        info["tempo_clock"] = clock
     previous = read_training_info(cfg.init_from, "block_fm")
     if previous is not None:
         info["previous"] = previous
