@@ -92,6 +92,7 @@ def test_prepare_writes_shards_and_reports_bad_rows(tmp_path, encoder_dir):
         assert ex.ssl["mel"].shape == (20, 16)
         assert ex.tokens[:2].tolist() == [503, 511] and ex.tokens[-1] == 511 and len(ex.tokens) > 3
         assert torch.isfinite(ex.latents).all() and ex.style.norm() > 0
+        assert ex.tempo == 120.0  # the style text's tempo travels with the song (for a tempo-clock DiT)
     # the pipeline's latents are the encoder's latents for the decoded, resampled audio
     enc = prepare_data.VaeEncoder(str(encoder_dir))
     audio = prepare_data.load_audio(songs / "s1.wav", 8000, 4.0)

@@ -319,8 +319,9 @@ class EncodeText:
                 styles[i] = np.asarray(self.style(row), np.float32)
             except Exception as exc:
                 errors[i] = f"style failed: {type(exc).__name__}: {exc}"
-            if row["style"]:
-                tempos[i] = np.nan if (bpm := parse_style_tags(str(row["style"])).tempo) is None else bpm
+            bpm = parse_style_tags(str(row["style"])).tempo if row["style"] else None
+            if bpm is not None:
+                tempos[i] = bpm
         out = dict(batch)
         out["tempo"] = tempos
         out["error"] = np.array(errors, dtype=object)
