@@ -52,5 +52,23 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 
+def run() -> None:
+    """The console entry point: :func:`main`, with a broken install reported as one line, not a traceback.
+
+    A torch/torchaudio pair that does not load together (or a missing package) fails deep inside an
+    import with a chained traceback; :func:`dr2studio.stack_check.explain_import_failure` names the fix.
+    """
+    try:
+        main()
+    except (ImportError, OSError, RuntimeError, AttributeError) as exc:
+        from dr2studio.stack_check import explain_import_failure
+
+        line = explain_import_failure(exc)
+        if line is None:
+            raise
+        sys.stderr.write(line + "\n")
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for dr2studio: system packages (apt) and a virtual environment in .venv.
+# Set up a fresh machine for dr2studio: system packages (apt) and a virtual environment in .venv,
+# installed from the lock file so that next month's install is this month's. Ends with an import
+# check of the whole stack that names the fix in one line when something does not load.
 # Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v espeak-ng >/dev/null 2>&1; then
+PIP_VERSION="26.3"                 # pip itself is pinned too: its resolver decides what gets installed
+LOCK="requirements/constraints.txt"  # every package of the default install, exact versions (Python 3.11, Linux)
+
+# espeak-ng: English lyrics (the released front end's phonemes). fluidsynth + a General MIDI soundfont:
+# the tests render real MIDI files into real 48 kHz recordings.
+APT_PACKAGES=(espeak-ng fluidsynth fluid-soundfont-gm)
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth)
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || missing+=(fluid-soundfont-gm)
+if [ "${#missing[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "setup: espeak-ng not found and apt-get unavailable; install espeak-ng for English lyrics" >&2
+    echo "setup: apt-get unavailable; install ${missing[*]} (of ${APT_PACKAGES[*]}) by hand: espeak-ng is needed for English lyrics" >&2
   fi
 fi
 
@@ -18,5 +30,6 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check "pip==${PIP_VERSION}"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c "$LOCK" -e ".[dev]"
+.venv/bin/python -m dr2studio.stack_check
