@@ -49,6 +49,7 @@ __all__ = [
     "song_to_bytes",
     "song_from_bytes",
     "run_studio_job",
+    "result_length",
     "JOB_ID_RE",
 ]
 
@@ -78,6 +79,9 @@ class JobRequest(JsonConfig):
     given song; ``None`` lets the lyrics decide) or ``infill`` (regenerate ``[start, end)`` seconds of
     the given song). ``style`` is a text prompt; ``style_embedding`` a 512-float vector that wins over it.
     ``tempo`` (bpm) drives a model's tempo clock; by default the tempo the ``style`` text states.
+    ``full_length`` (generate) holds the song's end off until ``duration``; ``match_level`` (extend,
+    infill) brings the new audio to the level of the audio it joins. The result song's
+    ``settings["length"]`` says requested vs delivered seconds and why (see :attr:`Job.length`).
     """
 
     kind: str = "generate"
@@ -92,6 +96,8 @@ class JobRequest(JsonConfig):
     cfg_strength: float = 2.0
     seed: int | None = None
     tempo: float | None = None
+    full_length: bool = False
+    match_level: bool = True
 
     def validate(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -116,6 +122,9 @@ class JobRequest(JsonConfig):
         if self.tempo is not None and (isinstance(self.tempo, bool) or not isinstance(self.tempo, (int, float))
                                        or not 20.0 <= float(self.tempo) <= 999.0):
             raise ConfigError(f"tempo={self.tempo!r} must be a number of bpm in [20, 999]")
+        for name in ("full_length", "match_level"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         if self.style_embedding is not None and len(self.style_embedding) != 512:
             raise ConfigError(f"style_embedding has {len(self.style_embedding)} values, expected 512")
 
@@ -126,8 +135,9 @@ class JobEvent:
 
     ``type``: ``queued``, ``started``, ``progress`` (``fraction`` 0..1, ``stage``), ``audio``
     (``audio`` [channels, n] float32 starting at sample ``offset`` of the output song: from 0 for
-    generate, from the splice point for extend, none for infill), ``done``, ``error`` or ``cancelled``
-    (``message``).
+    generate, from the splice point for extend, none for infill), ``done`` (``length``: requested vs
+    delivered seconds and why, see :func:`dr2studio.studio.length_report`; ``message`` is the reason
+    when the song came out shorter than asked), ``error`` or ``cancelled`` (``message``).
     """
 
     job_id: str
@@ -137,6 +147,7 @@ class JobEvent:
     message: str = ""
     audio: np.ndarray | None = None
     offset: int = 0
+    length: dict[str, Any] | None = None
 
 
 EventCallback = Callable[[JobEvent], None]
@@ -185,6 +196,11 @@ class Job:
             raise JobError(f"job {self.id} failed: {self.error}")
         return self.result
 
+    @property
+    def length(self) -> dict[str, Any] | None:
+        """The result's requested vs delivered seconds and why (``settings["length"]``); None before it is done."""
+        return result_length(self.result)
+
     def _emit(self, event: JobEvent) -> None:
         with self._lock:
             listeners = list(self._listeners)
@@ -200,9 +216,18 @@ class Job:
             self.fraction = 1.0
         self._finished.set()
         if state == "done":
-            self._emit(JobEvent(self.id, "done", 1.0, "done"))
+            length = result_length(result)
+            reason = (length or {}).get("reason") or ""
+            self._emit(JobEvent(self.id, "done", 1.0, "done", message=reason, length=length))
         else:
             self._emit(JobEvent(self.id, "cancelled" if state == "cancelled" else "error", message=error or ""))
+
+
+def result_length(song: Any) -> dict[str, Any] | None:
+    """``song.settings["length"]`` when there is one (a song from generate or extend)."""
+    settings = getattr(song, "settings", None)
+    length = settings.get("length") if isinstance(settings, dict) else None
+    return length if isinstance(length, dict) else None
 
 
 class JobContext:
@@ -492,7 +517,7 @@ def run_studio_job(studio: Any, job: Job, ctx: JobContext, default_style: Any = 
     common = dict(steps=req.steps, cfg_strength=req.cfg_strength, seed=req.seed, progress=on_progress, tempo=tempo)
     ctx.progress(0.0, "start")
     if req.kind == "generate":
-        return studio.generate(req.lyrics, style, req.duration, on_audio=on_audio, **common)
+        return studio.generate(req.lyrics, style, req.duration, on_audio=on_audio, full_length=req.full_length, **common)
     if req.kind == "extend":
 
         def on_splice(sample: int) -> None:  # extend streams the output from its splice point on
@@ -500,8 +525,9 @@ def run_studio_job(studio: Any, job: Job, ctx: JobContext, default_style: Any = 
             offset = sample
 
         return studio.extend(job.song, req.lyrics, seconds=req.seconds, style=style, on_audio=on_audio,
+                             match_level=req.match_level,
                              on_splice=on_splice, **common)
-    return studio.infill(job.song, req.start, req.end, req.lyrics, style=style, **common)
+    return studio.infill(job.song, req.start, req.end, req.lyrics, style=style, match_level=req.match_level, **common)
 
 
 def _progress_args(args: tuple, kwargs: dict) -> tuple[float, str]:

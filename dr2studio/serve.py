@@ -6,7 +6,8 @@ Each replica loads the model once and runs jobs through a :class:`~dr2studio.eng
 - ``GET  /v1/health`` -> ``{"model", "version", "sample_rate", "queue"}``
 - ``POST /v1/jobs``   body ``{"request": JobRequest, "song": base64 song archive | null}`` ->
   ``application/x-ndjson`` stream: ``progress`` / ``audio`` (base64 float32, generate only) /
-  ``heartbeat`` events, then one ``result`` (base64 song archive) or ``error`` / ``cancelled``.
+  ``heartbeat`` events, then one ``result`` (base64 song archive, and ``length``: requested vs delivered
+  seconds and why, as in the song's ``settings["length"]``) or ``error`` / ``cancelled``.
   Closing the connection cancels the job at the next block.
 
 Inside the cluster the same stream is a handle call: ``handle.options(stream=True).events.remote(payload)``.
@@ -151,7 +152,7 @@ class Dr2Deployment:
                     continue
                 if event.type == "done":
                     blob = await asyncio.to_thread(song_to_bytes, job.result)
-                    yield {"type": "result", "song": base64.b64encode(blob).decode("ascii")}
+                    yield {"type": "result", "song": base64.b64encode(blob).decode("ascii"), "length": event.length}
                     return
                 yield encode_event(event)
                 if event.type in ("error", "cancelled"):

@@ -2,7 +2,8 @@
 
 ``song.save("take.wav")`` writes the audio and ``take.dr2.safetensors`` beside it: the latents
 ``[1, T, M]``, the lyric token context ``[N]``, the style embedding ``[512]`` and, as metadata, the
-lyrics text, seed, sampler settings, model fingerprint, sample rate and a SHA-256 of the audio file.
+lyrics text, seed, sampler settings, model fingerprint, sample rate, the sample format (bit depth) the
+song is kept in and a SHA-256 of the audio file.
 ``Song.load`` reads both; a sidecar whose hash does not match the audio (the file was edited or
 re-rendered since) is ignored with a warning, so ``extend`` falls back to encoding the audio instead
 of continuing from latents that no longer describe it.
@@ -22,7 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dr2studio.audio.io import AudioError, read_audio, write_audio
+import soundfile as sf
+
+from dr2studio.audio.io import AudioError, audio_info, read_audio, write_audio
 
 __all__ = ["Song", "SidecarError", "SIDECAR_SUFFIX", "sidecar_path"]
 
@@ -57,7 +60,9 @@ class Song:
 
     ``latents`` is ``[1, T, M]`` (None when only audio is known), ``tokens`` the ``[N]`` lyric ids the
     sampler conditioned on, ``style`` the ``[512]`` embedding. ``settings`` holds the sampler settings,
-    stereo flag and the edit history (``settings["edits"]``).
+    stereo flag and the edit history (``settings["edits"]``). ``subtype`` is the sample format
+    (soundfile subtype, e.g. ``PCM_16``) the song came in; :meth:`save` writes it back in that
+    format so the samples an edit keeps are bit for bit the producer's.
     """
 
     audio: torch.Tensor
@@ -70,6 +75,7 @@ class Song:
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     model: str | None = None
     path: Path | None = None
+    subtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.audio.dim() == 1:
@@ -95,14 +101,16 @@ class Song:
         return self.latents is not None and self.latents.shape[1] > 0
 
     # -- files ------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, subtype: str = "PCM_24") -> Path:
+    def save(self, path: str | os.PathLike, *, subtype: str | None = None) -> Path:
         """Write the audio and (when latents are known) the sidecar, each atomically.
 
-        24-bit PCM round-trips exactly through :func:`read_audio`, so a song saved and loaded again
-        keeps every sample (``extend`` relies on this). A stale sidecar from an earlier take of the
-        same name is removed when this song has no latents.
+        ``subtype`` defaults to the song's own sample format (a 16-bit take is written back as 16-bit,
+        so every sample read from it is written back unchanged), else 24-bit PCM; both round-trip
+        exactly through :func:`read_audio`. A stale sidecar from an earlier take of the same name is
+        removed when this song has no latents.
         """
         path = Path(path)
+        subtype = subtype or self._file_subtype(path)
         side = sidecar_path(path)
         if not self.has_latents:
             write_audio(path, self.audio, self.sample_rate, subtype=subtype)
@@ -128,6 +136,13 @@ class Song:
         self.path = path
         return path
 
+    def _file_subtype(self, path: Path) -> str:
+        """The song's own subtype when ``path``'s format can hold it, else 24-bit PCM."""
+        fmt = {".wav": "WAV", ".flac": "FLAC", ".aiff": "AIFF", ".aif": "AIFF"}.get(path.suffix.lower())
+        if self.subtype and fmt and sf.check_format(fmt, self.subtype):
+            return self.subtype
+        return "PCM_24"
+
     def _write_sidecar(self, path: Path, audio_sha256: str) -> None:
         assert self.latents is not None
         tensors = {"latents": self.latents.detach().to("cpu", torch.float32).contiguous()}
@@ -146,6 +161,7 @@ class Song:
             "audio_samples": str(self.audio.shape[1]),
             "audio_channels": str(self.audio.shape[0]),
             "audio_sha256": audio_sha256,
+            "subtype": self.subtype or "",
         }
         save_file(tensors, str(path), metadata=meta)
 
@@ -154,9 +170,10 @@ class Song:
         """Read an audio file and its sidecar if there is a matching one (else the audio alone)."""
         path = Path(path)
         audio, rate = read_audio(path)
+        subtype = audio_info(path).subtype
         side = sidecar_path(path)
         if not side.is_file():
-            return cls(audio=audio, sample_rate=rate, path=path)
+            return cls(audio=audio, sample_rate=rate, path=path, subtype=subtype)
         try:
             with safe_open(str(side), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
@@ -167,7 +184,7 @@ class Song:
             raise SidecarError(f"{side} is not a dr2studio song sidecar")
         if meta.get("audio_sha256") != _file_sha256(path):
             log.warning("%s does not match %s (the audio changed since it was rendered); ignoring the sidecar", side.name, path.name)
-            return cls(audio=audio, sample_rate=rate, path=path)
+            return cls(audio=audio, sample_rate=rate, path=path, subtype=subtype)
         seed = meta.get("seed", "")
         try:
             settings = json.loads(meta.get("settings") or "{}")
@@ -184,4 +201,5 @@ class Song:
             settings=settings,
             model=meta.get("model") or None,
             path=path,
+            subtype=meta.get("subtype") or subtype,  # the sidecar knows it when the file went over the wire as float
         )

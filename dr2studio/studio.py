@@ -10,6 +10,13 @@ frame (a block boundary of the new generation). Every sample before the crossfad
 back into the original after ``end``; the timeline length is unchanged and every sample outside
 ``[start - crossfade, end + crossfade]`` is the input's.
 
+A producer's recording is never degraded: both return the input's sample rate and channels, the kept
+samples bit for bit (:meth:`Song.save` writes them back in the input's bit depth); only the model's
+new audio is resampled to the input's rate, given the input's level (:mod:`dr2studio.audio.level`)
+and crossfaded in there. Lengths are honoured or explained: ``extend`` holds the song's end off until
+``seconds`` are added, ``generate`` ends early only where the model ends the song, and every result
+carries ``settings["length"]`` (:func:`length_report`: requested vs delivered seconds and why).
+
 Example::
 
     studio = Studio.load("path/to/model")
@@ -28,16 +35,22 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dr2studio.audio.io import fake_stereo, resample, to_mono
+from dr2studio.audio.level import LevelStream, match_gain
 from dr2studio.audio.splice import SpliceStream, splice
+from dr2studio.audio.stream_resample import StreamResampler
 from dr2studio.song import Song
 
-__all__ = ["Studio", "Song", "StudioError", "ProgressCallback", "AudioCallback", "MAX_SECONDS", "model_fingerprint"]
+if TYPE_CHECKING:
+    from dr2studio.lyrics.coverage import LyricsCoverage
+
+__all__ = ["Studio", "Song", "StudioError", "ProgressCallback", "AudioCallback", "MAX_SECONDS", "model_fingerprint",
+           "length_report", "LEVEL_WINDOW"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +65,12 @@ MAX_SECONDS = 600.0
 DEFAULT_EXTEND_SECONDS = 30.0
 DEFAULT_CROSSFADE = 0.25
 _CONTEXT_FRAMES = 8  # old frames decoded before a splice, so the decoder's edge effects fall outside it
+LEVEL_WINDOW = 3.0  # seconds of audio either side of a crossfade whose RMS level matching equalises
+#: While the end is held off, new frames this close (mean squared distance) to the all-ones
+#: end-of-song frame are dropped: the demo model's music frames measure >= 0.78, its end frames < 0.05
+#: with a few transition frames in between.
+_HOLD_EOP_DISTANCE = 0.5
+_HOLD_EXTRA_SECONDS = 30.0  # most extra seconds sampled to make up for dropped end-of-song frames
 _STYLE_DIM = 512
 _EMBEDDING_EXTS = {".npy", ".safetensors"}
 _AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff"}
@@ -120,6 +139,29 @@ class _Render:
     audio: torch.Tensor  # [1, n] mono, starting at frame ``first_frame``
     first_frame: int
     seconds: float
+    ended_at: int | None = None  # frame where the model ended the song before ``max_frames`` (None: it did not)
+    dropped: int = 0  # end-of-song frames dropped while the end was held off
+
+
+def length_report(requested: float, delivered: float, ended_at: float | None = None, *,
+                  what: str = "the song", held: bool = False) -> dict[str, Any]:
+    """``{"requested", "delivered", "ended_early", "reason"}`` seconds: what was asked vs what came out, and why.
+
+    Every Song carries one (``settings["length"]``; an edit's in ``edits[-1]["length"]``) so that no
+    caller has to guess whether a short result was meant.
+    """
+    short = delivered < requested - 1e-3
+    reason = None
+    if short:
+        at = f" at {ended_at:.2f} s" if ended_at is not None else ""
+        if held:
+            reason = (f"the model kept ending {what}{at} (end-of-song frames) although the end was held off; "
+                      f"{delivered:.2f} of {requested:g} s delivered")
+        else:
+            reason = (f"the model ended {what}{at} (end-of-song frames detected), {delivered:.2f} of the "
+                      f"{requested:g} s asked for; continue it with extend, or hold the end off (full_length / --full-length)")
+    return {"requested": round(float(requested), 4), "delivered": round(float(delivered), 4),
+            "ended_early": short, "reason": reason}
 
 
 class Studio:
@@ -148,16 +190,25 @@ class Studio:
     @classmethod
     def load(
         cls,
-        model: str | os.PathLike,
+        model: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         *,
         g2p_assets: str | os.PathLike | None = None,
     ) -> "Studio":
-        """Load a model directory (released or dr2studio layout) or a hub repository id."""
+        """Load a model directory (released or dr2studio layout) or a hub repository id.
+
+        Without ``model`` the shipped demo model is loaded (as every CLI command does), so a first
+        ``Studio.load()`` works offline; it is small and English-only, use the released weights for music.
+        """
         from dr2studio.checkpoints import load_dit, resolve_model_dir
         from dr2studio.models.bigvgan import load_decoder
 
+        if model is None:
+            from dr2studio.demo import demo_model_dir
+
+            model = demo_model_dir()
+            log.info("studio: no model given; loading the shipped demo model %s (English-only phoneme table)", model)
         model_dir = resolve_model_dir(model)
         if not (model_dir / "vocab.json").is_file():
             raise StudioError(f"{model_dir} has no vocab.json (the phoneme table the lyrics are encoded with)")
@@ -187,9 +238,27 @@ class Studio:
         return int(self.dit.config.block_size)
 
     # -- conditions ----------------------------------------------------------------------------------
-    def encode_lyrics(self, lyrics: str | os.PathLike) -> tuple[torch.Tensor, str]:
-        """Lyrics text (or a path to a ``.lrc``/``.txt`` file) -> ``([N] token ids, text)``."""
-        from dr2studio.lyrics import encode_lyrics, parse_lyrics, parse_lyrics_file
+    def encode_lyrics(self, lyrics: str | os.PathLike, *, instrumental: bool = False) -> tuple[torch.Tensor, str]:
+        """Lyrics text (or a path to a ``.lrc``/``.txt`` file) -> ``([N] token ids, text)``.
+
+        Warns when the model's phoneme table drops phones and refuses lyrics it cannot voice at all
+        (see :meth:`lyrics_condition`).
+        """
+        tokens, text, _ = self.lyrics_condition(lyrics, instrumental=instrumental)
+        return tokens, text
+
+    def lyrics_condition(self, lyrics: str | os.PathLike, *,
+                         instrumental: bool = False) -> tuple[torch.Tensor, str, LyricsCoverage]:
+        """``(token ids, text, LyricsCoverage)``: the lyric condition and what the phoneme table kept of it.
+
+        Dropped phones are logged as a warning (how many, which language). Lyric lines of which no sung
+        phone survives raise :class:`StudioError` unless ``instrumental``; an instrumental conditions on
+        the structure tags only (``[inst]`` when there are none) and sings no line.
+        """
+        from dr2studio.lyrics import parse_lyrics, parse_lyrics_file
+        from dr2studio.lyrics.coverage import lyrics_coverage
+        from dr2studio.lyrics.g2p import lyrics_phonemes
+        from dr2studio.lyrics.vocab import STOP_ID, TAG_IDS
 
         if isinstance(lyrics, str) and "\n" not in lyrics and lyrics.strip().lower().endswith(_LYRICS_EXTS):
             if not Path(lyrics.strip()).is_file():  # a file name, not words to sing
@@ -204,14 +273,31 @@ class Studio:
         else:
             raise StudioError(f"lyrics must be text or a file path, got {type(lyrics).__name__}")
         text = doc.to_text()
-        ids = encode_lyrics(doc, self.model_dir, self.g2p_assets)
+        lines = lyrics_phonemes(doc, self.model_dir, self.g2p_assets)
+        coverage = lyrics_coverage(lines, source=doc.source, table=self._table_label(), instrumental=instrumental)
+        if instrumental:
+            ids = [i for line in lines if line.is_tag for i in line.ids] or [TAG_IDS["inst"], STOP_ID]
+            log.info("instrumental: %d lyric lines are not sung; the model gets the structure tags only",
+                     coverage.lyric_lines)
+        else:
+            if coverage.nothing_to_sing:
+                raise StudioError(coverage.refusal())
+            if coverage.any_dropped:
+                log.warning("%s", coverage.summary())
+            ids = [i for line in lines for i in line.ids]
         if not ids:
             raise StudioError(f"lyrics {doc.source or ''} hold no singable line or structure tag".replace("  ", " "))
         tokens = torch.tensor(ids, dtype=torch.long)
         top = int(self.dit.config.text_num_embeds)
         if int(tokens.max()) > top:
             raise StudioError(f"lyric token {int(tokens.max())} exceeds the model's text table (ids up to {top})")
-        return tokens, text
+        return tokens, text, coverage
+
+    def _table_label(self) -> str:
+        from dr2studio.demo import DEMO_DIR
+
+        same = self.model_dir.resolve() == DEMO_DIR.resolve()
+        return "the shipped demo model (English only)" if same else str(self.model_dir)
 
     def style_embedding(self, style: Any) -> torch.Tensor:
         """A ``[512]`` float32 style vector from a tensor/array, an embedding file, an audio file or text.
@@ -310,6 +396,7 @@ class Studio:
         progress: ProgressCallback | None = None,
         on_audio: Callable[[torch.Tensor], None] | None = None,
         tempo: float | None = None,
+        hold_end: bool = False,
     ) -> _Render:
         """Sample up to ``max_frames`` (prefix included) and decode the new frames block by block.
 
@@ -317,9 +404,18 @@ class Studio:
         so audio chunks come out while later blocks are still being sampled. The decoded audio starts
         ``context_frames`` before the end of ``prefix``. ``tempo`` (bpm) drives the DiT's tempo
         clock when it has one; frame 0 of the stream is beat 0.
-        """
-        from dr2studio.flow.sampler import EOP_THRESHOLD, BlockSampler, SamplerSettings
 
+        ``hold_end``: the song may not end before ``max_frames``. End-of-song frames the model samples
+        on the way are dropped (not decoded, not kept) and more blocks are sampled in their place, up
+        to :data:`_HOLD_EXTRA_SECONDS` more; ``ended_at`` says where it fell short if even that ran out.
+        """
+        from dr2studio.flow.sampler import EOP_THRESHOLD, BlockSampler, SamplerSettings, eop_distance
+
+        prefix_len = 0 if prefix is None else prefix.shape[1]
+        budget = max_frames
+        if hold_end:
+            stop_at_end = False
+            budget = max_frames + min(max_frames - prefix_len, round(_HOLD_EXTRA_SECONDS * self.frame_rate)) + self.block_size
         try:
             settings = SamplerSettings(
                 steps=int(steps), cfg_strength=float(cfg_strength), eop_threshold=EOP_THRESHOLD if stop_at_end else -1.0
@@ -337,16 +433,17 @@ class Studio:
             self.dit,
             tokens.reshape(1, -1).to(dev),
             style.reshape(1, -1).to(dev),
-            max_frames,
+            budget,
             settings,
             prefix=None if prefix is None else prefix.to(dev),
             generator=generator,
             beats_per_frame=beats_per_frame,
         )
-        prefix_len = 0 if prefix is None else prefix.shape[1]
         first = prefix_len - context_frames
         total = 2 * sampler.num_blocks
         done = 0
+        kept: list[torch.Tensor] = [] if prefix is None else [prefix.to("cpu", torch.float32)]
+        have, dropped = prefix_len, 0
 
         def report(stage: str) -> None:
             nonlocal done, total
@@ -356,11 +453,22 @@ class Studio:
                 progress(done, total, stage)
 
         def blocks() -> Iterator[torch.Tensor]:
+            nonlocal have, dropped
             if context_frames:
                 yield prefix[:, first:prefix_len].to(dev)  # type: ignore[index]
             for block in sampler.blocks():
                 report("sample")
+                if hold_end:
+                    music = eop_distance(block[0].float()) > _HOLD_EOP_DISTANCE
+                    dropped += int((~music).sum())
+                    block = block[:, music][:, : max_frames - have]
+                    if block.shape[1] == 0:
+                        continue
+                    kept.append(block.to("cpu", torch.float32))
+                    have += block.shape[1]
                 yield block
+                if hold_end and have >= max_frames:
+                    break
 
         started = time.perf_counter()
         chunks: list[torch.Tensor] = []
@@ -372,9 +480,16 @@ class Studio:
                 on_audio(chunk)
         if progress is not None:
             progress(total, total, "done")
-        latents = sampler.latents.to("cpu", torch.float32)
+        if hold_end:
+            latents = torch.cat(kept, dim=1) if kept else torch.zeros(1, 0, int(self.dit.config.mel_dim))
+            if dropped:
+                log.info("held the end off: dropped %d end-of-song frames the model sampled", dropped)
+        else:
+            latents = sampler.latents.to("cpu", torch.float32)
         audio = torch.cat(chunks, dim=1) if chunks else torch.zeros(1, 0)
-        return _Render(latents=latents, audio=audio, first_frame=first, seconds=time.perf_counter() - started)
+        ended_at = int(latents.shape[1]) if latents.shape[1] < max_frames else None
+        return _Render(latents=latents, audio=audio, first_frame=first, seconds=time.perf_counter() - started,
+                       ended_at=ended_at, dropped=dropped)
 
     # -- public operations ---------------------------------------------------------------------------
     def generate(
@@ -390,8 +505,15 @@ class Studio:
         *,
         stereo: bool = False,
         tempo: float | None = None,
+        instrumental: bool = False,
+        full_length: bool = False,
     ) -> Song:
-        """A new song of at most ``duration`` seconds (the model may end it earlier).
+        """A new song of ``duration`` seconds, or shorter where the model ends it (``settings["length"]`` says).
+
+        The model may end a song early (end-of-song frames): the song is then shorter and
+        ``settings["length"]`` (:func:`length_report`) holds requested vs delivered seconds and the
+        reason, also logged as a warning. ``full_length`` holds the end off: end-of-song frames are
+        dropped and sampling goes on until ``duration`` is reached.
 
         ``on_audio`` receives the audio ``[C, n]`` as it is decoded (C = 2 with ``stereo``); the chunks
         concatenated equal ``song.audio``. ``tempo`` (bpm) drives a model's tempo clock; by default
@@ -399,7 +521,7 @@ class Studio:
         """
         duration = _check_seconds(duration, "duration")
         frames = max(1, round(duration * self.frame_rate))
-        tokens, text = self.encode_lyrics(lyrics)
+        tokens, text, coverage = self.lyrics_condition(lyrics, instrumental=instrumental)
         style_vec = self.style_embedding(style)
         tempo = self._tempo(tempo, style)
         seed = _new_seed(seed)
@@ -408,9 +530,13 @@ class Studio:
         if on_audio is not None:
             sink = (lambda c: on_audio(stream(c))) if stream is not None else on_audio  # noqa: E731
         r = self._render(tokens, style_vec, frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                         progress=progress, on_audio=sink, tempo=tempo)
+                         progress=progress, on_audio=sink, tempo=tempo, hold_end=full_length)
         audio = fake_stereo(r.audio, self.sample_rate) if stereo else r.audio
         log.info("generated %.1f s in %.1f s (seed %d)", audio.shape[1] / self.sample_rate, r.seconds, seed)
+        length = length_report(duration, audio.shape[1] / self.sample_rate,
+                               None if r.ended_at is None else r.ended_at / self.frame_rate, held=full_length)
+        if length["ended_early"]:
+            log.warning("%s", length["reason"])
         return Song(
             audio=audio,
             sample_rate=self.sample_rate,
@@ -420,28 +546,38 @@ class Studio:
             style=style_vec,
             seed=seed,
             settings={"steps": steps, "cfg_strength": cfg_strength, "duration": duration, "stereo": bool(stereo), "edits": [],
+                      "length": length, "full_length": bool(full_length),
+                      "lyrics_coverage": coverage.to_dict(),
                       **({"tempo_bpm": tempo} if tempo is not None else {})},
             model=self.fingerprint,
         )
 
     def _song_state(self, song: Song, progress: ProgressCallback | None,
-                    inversion_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """The song's audio ``[C, N]`` at the model rate and its latents ``[1, T, M]`` (sidecar or encoded).
+                    inversion_steps: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The song's latents ``[1, T, M]`` (sidecar or encoded) and how they were obtained.
 
-        Without usable sidecar latents the audio is encoded with :func:`dr2studio.vae.encode.encode_audio`
-        (the model's encoder, else decoder inversion with ``inversion_steps`` optimiser steps).
+        Sidecar latents are used when they have the model's channel count and either the song is at
+        the model's rate or was last rendered by this very model (a producer's take kept at 44.1 or
+        48 kHz by an earlier edit). Otherwise the audio, resampled to the model's rate and mixed to mono
+        for this purpose only, is encoded with :func:`dr2studio.vae.encode.encode_audio` (the model's
+        encoder, else decoder inversion with ``inversion_steps`` optimiser steps). The song's own
+        samples are never changed here.
         """
         if not isinstance(song, Song):
             raise StudioError(f"expected a Song, got {type(song).__name__}")
+        mel = int(self.dit.config.mel_dim)
+        if song.has_latents and song.latents.shape[-1] == mel:  # type: ignore[union-attr]
+            if song.sample_rate == self.sample_rate or song.model == self.fingerprint:
+                if song.model and song.model != self.fingerprint:
+                    log.warning("song was made with model %s, continuing with %s", song.model, self.fingerprint)
+                return song.latents.float(), {"method": "sidecar", "seconds": 0.0}  # type: ignore[union-attr]
+            log.warning("the sidecar latents come from model %s at %d Hz, not this model (%s); encoding the audio",
+                        song.model, song.sample_rate, self.fingerprint)
         audio = song.audio.float()
         if song.sample_rate != self.sample_rate:
-            log.warning("song is at %d Hz; resampling to the model's %d Hz", song.sample_rate, self.sample_rate)
+            log.info("song is at %d Hz; encoding a copy resampled to the model's %d Hz (the song keeps its rate)",
+                     song.sample_rate, self.sample_rate)
             audio = resample(audio, song.sample_rate, self.sample_rate)
-        mel = int(self.dit.config.mel_dim)
-        if song.has_latents and song.latents.shape[-1] == mel and song.sample_rate == self.sample_rate:  # type: ignore[union-attr]
-            if song.model and song.model != self.fingerprint:
-                log.warning("song was made with model %s, continuing with %s", song.model, self.fingerprint)
-            return audio, song.latents.float(), {"method": "sidecar", "seconds": 0.0}  # type: ignore[union-attr]
         from dr2studio.vae.encode import encode_audio
         from dr2studio.vae.inversion import InversionConfig
 
@@ -462,20 +598,16 @@ class Studio:
         if latents.dim() != 3 or latents.shape[0] != 1 or latents.shape[-1] != mel:
             raise StudioError(f"encoder returned latents of shape {tuple(latents.shape)}, expected [1, T, {mel}]")
         log.info("encoded the song with %s in %.1f s (%d frames)", enc.method, enc.seconds, latents.shape[1])
-        return audio, latents, {"method": enc.method, "seconds": round(float(enc.seconds), 3)}
+        return latents, {"method": enc.method, "seconds": round(float(enc.seconds), 3)}
 
-    def _match_channels(self, new: torch.Tensor, channels: int) -> torch.Tensor:
-        if channels == 1:
-            return new
-        stereo = fake_stereo(new, self.sample_rate)
-        return stereo if channels == 2 else stereo[:1].expand(channels, -1).contiguous()
-
-    def _channel_stream(self, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Streaming :meth:`_match_channels`: mono chunks in, chunks with ``channels`` channels out."""
+    def _channel_stream(self, channels: int, sample_rate: int, stereo: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Mono model audio -> the song's ``channels``: the release's pseudo-stereo for a song rendered
+        with ``stereo``, else the mono signal in every channel (a producer's take is not widened).
+        Works chunk by chunk (the stereo delay line carries over)."""
         if channels == 1:
             return lambda chunk: chunk
-        if channels == 2:
-            return _StereoStream(self.sample_rate)
+        if channels == 2 and stereo:
+            return _StereoStream(sample_rate)
         return lambda chunk: chunk.expand(channels, -1).contiguous()
 
     def _song_style(self, song: Song, style: Any) -> torch.Tensor:
@@ -501,68 +633,108 @@ class Studio:
         on_audio: AudioCallback | None = None,
         on_splice: Callable[[int], None] | None = None,
         tempo: float | None = None,
+        instrumental: bool = False,
+        match_level: bool = True,
     ) -> Song:
-        """Continue ``song`` with new ``lyrics`` for up to ``seconds`` (default 30).
+        """Continue ``song`` with new ``lyrics`` by ``seconds`` (default 30).
 
-        The lyric context is the song's lyrics followed by the new ones. The output's samples before
-        ``settings["edits"][-1]["splice"]`` seconds are the input's (at the model rate). A song without
-        sidecar latents is encoded first (``inversion_steps`` bounds a decoder inversion).
+        The result keeps the song's sample rate and channels, and its samples before
+        ``settings["edits"][-1]["splice"]`` seconds are the input's, bit for bit. The model's new audio
+        is resampled to the song's rate, scaled (``match_level``) so that its RMS over the
+        :data:`LEVEL_WINDOW` seconds after the crossfade equals the input's over the same span before
+        it, and crossfaded in. The end of the song is held off until ``seconds`` are added (the result
+        is the input plus exactly ``seconds``); where the model still will not go on, the edit's
+        ``length`` (:func:`length_report`, also ``settings["length"]``) says what was added and why.
+        A song without usable sidecar latents is encoded first (``inversion_steps`` bounds a decoder
+        inversion).
 
         Streaming: ``on_splice(sample)`` is called once with the splice point before any audio, then
         ``on_audio`` receives the output from that sample on as it is decoded (the crossfade in one
-        piece once its window is complete); the chunks concatenated equal ``song.audio[:, sample:]``.
+        piece once its window and the level measurement are complete, about ``LEVEL_WINDOW`` seconds
+        of new audio); the chunks concatenated equal ``song.audio[:, sample:]``.
         ``tempo`` (bpm, for a model's tempo clock): by default the new style's, else the song's own.
         """
         seconds = _check_seconds(DEFAULT_EXTEND_SECONDS if seconds is None else seconds, "seconds")
         crossfade = self._check_crossfade(crossfade)
-        new_tokens, new_text = self.encode_lyrics(lyrics)
+        new_tokens, new_text, coverage = self.lyrics_condition(lyrics, instrumental=instrumental)
         style_vec = self._song_style(song, style)
         tempo = self._song_tempo(song, style, tempo)
         seed = _new_seed(seed)
-        audio, latents, encoded = self._song_state(song, progress, inversion_steps)
+        latents, encoded = self._song_state(song, progress, inversion_steps)
         context = new_tokens
         if encoded["method"] == "sidecar" and song.tokens is not None and song.tokens.numel():
             context = torch.cat([song.tokens.long().reshape(-1), new_tokens])
         else:
             log.info("no lyric context for the existing audio; conditioning on the new lyrics only")
-        hop = self.hop_length
-        prefix_len = min(latents.shape[1], audio.shape[1] // hop)  # an encoded song's last partial frame is dropped
+        audio, sr, fps = song.audio.float(), song.sample_rate, self.frame_rate  # the producer's samples, at their rate
+        n_in = audio.shape[1]
+        prefix_len = min(latents.shape[1], math.floor(n_in * fps / sr + 1e-9))  # a last partial frame is dropped
         if prefix_len < 1:
-            raise StudioError(f"the song is shorter than one latent frame ({hop} samples)")
+            raise StudioError(f"the song is shorter than one latent frame ({1 / fps:g} s)")
         latents = latents[:, :prefix_len]
-        joint = prefix_len * hop  # end of the old audio = start of the first new block
-        fade = min(round(crossfade * self.sample_rate), joint)
-        ctx = min(prefix_len, math.ceil(fade / hop) + _CONTEXT_FRAMES)
-        max_frames = prefix_len + max(1, round(seconds * self.frame_rate))
-        sink = None
-        if on_audio is not None:
-            channels = self._channel_stream(audio.shape[0])
-            joined = SpliceStream(audio[:, joint - fade : joint], joint - fade, offset=(prefix_len - ctx) * hop)
+        joint = min(round(prefix_len * sr / fps), n_in)  # end of the old audio = start of the first new block
+        fade = min(round(crossfade * sr), joint)
+        at = joint - fade
+        ctx = min(prefix_len, math.ceil(fade * fps / sr) + _CONTEXT_FRAMES)
+        offset = round((prefix_len - ctx) * sr / fps)  # timeline sample of the first decoded sample
+        target = n_in + round(seconds * sr)  # the output's length: the input plus exactly ``seconds``
+        max_frames = max(prefix_len + 1, math.ceil(target * fps / sr))
+        window = round(LEVEL_WINDOW * sr)
+        to_rate = StreamResampler(self.sample_rate, sr)
+        channels = self._channel_stream(audio.shape[0], sr, bool(song.settings.get("stereo")))
+        level = LevelStream(audio[:, max(0, at - window) : at], joint, window, offset, enabled=match_level)
+        joined = SpliceStream(audio[:, at:joint], at, offset=offset)
+        pieces: list[torch.Tensor] = []
+        emitted = at
 
-            def sink(chunk: torch.Tensor) -> None:
-                out = joined(channels(chunk))
-                if out.shape[1]:
-                    on_audio(out)
+        def deliver(chunk: torch.Tensor) -> None:
+            nonlocal emitted
+            if not chunk.shape[1]:
+                return
+            chunk = joined(chunk)[:, : target - emitted]
+            if chunk.shape[1]:
+                pieces.append(chunk)
+                emitted += chunk.shape[1]
+                if on_audio is not None:
+                    on_audio(chunk)
+
+        def sink(chunk: torch.Tensor) -> None:
+            deliver(level(channels(to_rate(chunk))))
 
         if on_splice is not None:
-            on_splice(joint - fade)
+            on_splice(at)
         r = self._render(context, style_vec, max_frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                         prefix=latents, context_frames=ctx, progress=progress, on_audio=sink, tempo=tempo)
-        new = self._match_channels(r.audio, audio.shape[0])
-        out = splice(audio[:, :joint], new, at=joint - fade, fade=fade, offset=r.first_frame * hop)
+                         prefix=latents, context_frames=ctx, progress=progress, on_audio=sink, tempo=tempo,
+                         hold_end=True)
+        deliver(level(channels(to_rate.flush())))
+        rest = level.flush()
+        if rest is not None:
+            deliver(rest)
+        if pieces:
+            out = torch.cat([audio[:, :at], *pieces], dim=1)
+        else:  # not even the crossfade's worth of new audio: the input, untouched
+            out = audio
         added = r.latents.shape[1] - prefix_len
-        if added == 0:
-            log.warning("the model ended the song at once; nothing was added")
+        length = length_report(seconds, (out.shape[1] - n_in) / sr,
+                               None if r.ended_at is None else r.ended_at / fps, what="the extension", held=True)
+        if length["ended_early"]:
+            log.warning("%s", length["reason"])
         edit = {
             "kind": "extend",
-            "splice": (joint - fade) / self.sample_rate,
-            "crossfade": fade / self.sample_rate,
+            "splice": at / sr,
+            "crossfade": fade / sr,
             "prefix_frames": prefix_len,
             "new_frames": added,
             "seconds": seconds,
+            "added_seconds": length["delivered"],
+            "length": length,
+            "sample_rate": sr,
+            "level_match_db": None if not match_level or level.gain is None else round(20 * math.log10(level.gain), 2),
+            "end_frames_dropped": r.dropped,
             "lyrics": new_text,
             "seed": seed,
             "latents_from": encoded,
+            "lyrics_coverage": coverage.to_dict(),
         }
         return self._derived(song, out, r.latents, context, _join_lyrics(song.lyrics, new_text), style_vec, seed,
                              steps, cfg_strength, edit, tempo)
@@ -582,16 +754,21 @@ class Studio:
         progress: ProgressCallback | None = None,
         inversion_steps: int | None = None,
         tempo: float | None = None,
+        instrumental: bool = False,
+        match_level: bool = True,
     ) -> Song:
         """Regenerate ``[start, end)`` seconds with new ``lyrics``; everything else is kept.
 
         The new part continues from the latents before ``start`` (conditioned on the new lyrics) and is
-        crossfaded back into the original after ``end``. Samples outside
-        ``[start - crossfade, end + crossfade]`` are the input's; the length is unchanged.
+        crossfaded back into the original after ``end``. The result keeps the song's sample rate,
+        channels and length; samples outside ``[start - crossfade, end + crossfade]`` are the input's,
+        bit for bit. With ``match_level`` the new part is scaled so that its first
+        :data:`LEVEL_WINDOW` seconds have the RMS of the input's last ``LEVEL_WINDOW`` seconds before
+        the crossfade (or of the audio after the range, when the range starts the song).
         ``tempo`` (bpm, for a model's tempo clock): by default the new style's, else the song's own.
         """
         crossfade = self._check_crossfade(crossfade)
-        new_tokens, new_text = self.encode_lyrics(lyrics)
+        new_tokens, new_text, coverage = self.lyrics_condition(lyrics, instrumental=instrumental)
         style_vec = self._song_style(song, style)
         tempo = self._song_tempo(song, style, tempo)
         seed = _new_seed(seed)
@@ -608,21 +785,30 @@ class Studio:
             raise StudioError(f"end ({end:g} s) is past the end of the song ({total_s:.2f} s)")
         if (end - start) * self.frame_rate < 1:
             raise StudioError(f"the region must last at least one frame ({1 / self.frame_rate:g} s), got {end - start:g} s")
-        audio, latents, encoded = self._song_state(song, progress, inversion_steps)
-        hop, sr = self.hop_length, self.sample_rate
+        latents, encoded = self._song_state(song, progress, inversion_steps)
+        audio, sr, fps = song.audio.float(), song.sample_rate, self.frame_rate  # the producer's samples, at their rate
         length = audio.shape[1]
         st, et = round(start * sr), min(round(end * sr), length)
         fade_in, fade_out = min(round(crossfade * sr), st), min(round(crossfade * sr), length - et)
-        first_new = min(math.floor(start * self.frame_rate), latents.shape[1])
-        frames = max(first_new + 1, math.ceil((et + fade_out) / hop))
-        ctx = min(first_new, math.ceil(fade_in / hop) + _CONTEXT_FRAMES)
+        first_new = min(math.floor(start * fps), latents.shape[1])
+        frames = max(first_new + 1, math.ceil((et + fade_out) * fps / sr) + 1)  # + 1: rounding at the song's rate
+        ctx = min(first_new, math.ceil(fade_in * fps / sr) + _CONTEXT_FRAMES)
         prefix = latents[:, :first_new] if first_new > 0 else None
         r = self._render(new_tokens, style_vec, frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
                          prefix=prefix, context_frames=ctx, stop_at_end=False, progress=progress, tempo=tempo)
-        new = self._match_channels(r.audio, audio.shape[0])
-        head = splice(audio[:, : et + fade_out], new, at=st - fade_in, fade=fade_in, offset=r.first_frame * hop)
+        offset = round(r.first_frame * sr / fps)
+        new = self._channel_stream(audio.shape[0], sr, bool(song.settings.get("stereo")))(resample(r.audio, self.sample_rate, sr))
+        gain = 1.0
+        if match_level:
+            window = round(LEVEL_WINDOW * sr)
+            reference = audio[:, max(0, st - fade_in - window) : st - fade_in]
+            if reference.shape[1] < sr // 2:  # the range starts the song: match what it leads into
+                reference = audio[:, et + fade_out : et + fade_out + window]
+            gain = match_gain(reference, new[:, st - offset : st - offset + min(window, et - st)])
+            new = new * gain if gain != 1.0 else new
+        head = splice(audio[:, : et + fade_out], new, at=st - fade_in, fade=fade_in, offset=offset)
         out = splice(head, audio, at=et, fade=fade_out)
-        keep = min(round(end * self.frame_rate), r.latents.shape[1], latents.shape[1])
+        keep = min(round(end * fps), r.latents.shape[1], latents.shape[1])
         new_latents = torch.cat([r.latents[:, :keep], latents[:, keep:]], dim=1)
         edit = {
             "kind": "infill",
@@ -630,9 +816,12 @@ class Studio:
             "end": end,
             "crossfade_in": fade_in / sr,
             "crossfade_out": fade_out / sr,
+            "sample_rate": sr,
+            "level_match_db": round(20 * math.log10(gain), 2) if match_level else None,
             "lyrics": new_text,
             "seed": seed,
             "latents_from": encoded,
+            "lyrics_coverage": coverage.to_dict(),
         }
         tokens = song.tokens if song.tokens is not None and encoded["method"] == "sidecar" else new_tokens
         return self._derived(song, out, new_latents, tokens, song.lyrics or new_text, style_vec, seed,
@@ -653,13 +842,14 @@ class Studio:
                  lyrics: str, style: torch.Tensor, seed: int, steps: int, cfg_strength: float,
                  edit: dict[str, Any], tempo: float | None = None) -> Song:
         settings = dict(song.settings)
-        settings.setdefault("stereo", audio.shape[0] == 2)
+        settings.setdefault("stereo", False)  # a producer's take is not pseudo-stereo; later edits keep its layout
         settings["edits"] = list(settings.get("edits", [])) + [dict(edit, steps=steps, cfg_strength=cfg_strength)]
+        settings["length"] = edit.get("length")  # the newest operation's; infill keeps the length by construction
         if tempo is not None:
             settings["tempo_bpm"] = tempo
         return Song(
             audio=audio,
-            sample_rate=self.sample_rate,
+            sample_rate=song.sample_rate,
             latents=latents,
             tokens=tokens,
             lyrics=lyrics,
@@ -667,6 +857,7 @@ class Studio:
             seed=song.seed if song.seed is not None else seed,
             settings=settings,
             model=self.fingerprint,
+            subtype=song.subtype,
         )
 
 

@@ -99,15 +99,27 @@ def main() -> None:
 
         # 4. every version into the DAW project, one take each, placed one after the other
         project = args.out / "Session Project"
-        position = 0.0
-        for name in ("draft", "extended", "fixed"):
-            take = Song.load(args.out / f"{name}.wav")
-            entry = export_stems(take, project, daw="ableton", preset="balanced", position=position)
-            print(f"  take {entry['take']} at {position:.1f} s -> {entry['files']['mix']}")
-            position += take.duration
+        render_takes(args.out, ("draft", "extended", "fixed"), project)
 
+
+def render_takes(folder: Path, names: tuple[str, ...], project: Path) -> list[dict]:
+    """Stems of each ``<folder>/<name>.wav`` into an Ableton project, one take after the other.
+
+    The stems are rendered at the project's rate (48 kHz unless the project already has takes at
+    another rate), whatever rate the model decodes at; the manifest records where each take sits.
+    """
+    position, entries = 0.0, []
+    for name in names:
+        take = Song.load(folder / f"{name}.wav")
+        entry = export_stems(take, project, daw="ableton", preset="balanced", position=position)
+        mix = entry["stems"]["mix"]
+        print(f"  take {entry['take']} at {position:.1f} s -> {entry['files']['mix']} "
+              f"({take.sample_rate} -> {entry['sample_rate']} Hz, {mix['loudness_lufs']} LUFS, target {mix['target_lufs']})")
+        position += take.duration
+        entries.append(entry)
     manifest = json.loads((project / "dr2studio.json").read_text())
-    print(f"{project / 'dr2studio.json'}: {len(manifest['takes'])} takes")
+    print(f"{project / 'dr2studio.json'}: {len(manifest['takes'])} takes (schema {manifest['schema_version']})")
+    return entries
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dr2studio.audio.effects import (
     list_presets,
     load_preset,
     normalize_loudness,
+    runnable_effects,
 )
 from dr2studio.audio.io import AudioError, fake_stereo, read_audio, resample, write_audio
 from dr2studio.audio.splice import SpliceStream, crossfade, equal_power_ramps, splice
@@ -180,6 +181,16 @@ def test_bad_preset_files_are_clear_errors(tmp_path: Path) -> None:
         apply_chain(_tone(0.1, sr=16000), 16000, [{"effect": "lowpass", "cutoff_frequency_hz": 12000}])
 
 
+def test_runnable_effects_leave_out_bands_above_nyquist() -> None:
+    chain = load_preset("balanced").chain
+    kept, notes = runnable_effects(chain, 8000)
+    assert [e["effect"] for e in kept] == [e["effect"] for e in chain if e["effect"] != "highshelf"]
+    assert notes == ["highshelf (effect 3) skipped at 8000 Hz: cutoff 10000 Hz must be below Nyquist (4000 Hz)"]
+    assert runnable_effects(chain, 48000) == (chain, [])
+    y = apply_chain(_tone(0.5, sr=8000), 8000, kept)
+    assert y.shape == (1, 4000) and torch.isfinite(y).all()
+
+
 def test_user_preset_round_trips(tmp_path: Path) -> None:
     preset = load_preset("balanced")
     preset.name = "mine"
@@ -242,8 +253,8 @@ def test_project_errors(tmp_path: Path) -> None:
 def test_write_take_files_and_manifest(tmp_path: Path) -> None:
     layout = project_layout(tmp_path / "proj", "ableton")
     stems = {"mix": (_tone(0.2, channels=2), SR), "vocals": (_tone(0.2, 330.0, channels=2), SR)}
-    e1 = write_take(layout, "my song", stems, {"position": 4.0, "lyrics": "la", "seed": 3, "settings": {"steps": 2}})
-    e2 = write_take(layout, "my song", stems, {"position": 8.0, "lyrics": "la", "seed": 4, "settings": {}})
+    e1 = write_take(layout, "my song", stems, {"position_seconds": 4.0, "lyrics": "la", "seed": 3, "settings": {"steps": 2}})
+    e2 = write_take(layout, "my song", stems, {"position": 8.0, "lyrics": "la", "seed": 4, "settings": {}})  # schema-1 key
     assert e1["take"] == "my_song" and e2["take"] == "my_song-2"
     root = layout.root
     assert (root / "Samples/Imported/dr2/my_song/mix.wav").is_file()
@@ -253,7 +264,8 @@ def test_write_take_files_and_manifest(tmp_path: Path) -> None:
     assert [t["take"] for t in manifest["takes"]] == ["my_song", "my_song-2"]
     assert manifest["takes"][0]["files"] == {"mix": "Samples/Imported/dr2/my_song/mix.wav",
                                              "vocals": "Samples/Imported/dr2/my_song/vocals.wav"}
-    assert manifest["takes"][1]["position"] == 8.0 and manifest["takes"][0]["seed"] == 3
+    assert manifest["takes"][1]["position_seconds"] == 8.0 and manifest["takes"][0]["seed"] == 3
+    assert manifest["schema_version"] == 2 and manifest["sample_rate"] == SR == manifest["takes"][0]["sample_rate"]
     assert sf.info(str(root / "Samples/Imported/dr2/my_song/mix.wav")).subtype == "PCM_24"
     leftovers = [p for p in root.rglob("*") if ".tmp" in p.name]
     assert leftovers == []

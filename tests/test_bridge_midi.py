@@ -64,9 +64,13 @@ def test_midi_file_plan_reads_sections_utf8_lyrics_and_tempo(tmp_path):
     assert [text for _, text in plan.cues] == ["style: dreamy lofi", "generate"]
 
     changing = read_midi_file(_midi_file(tmp_path / "change.mid", tempo_changes=True))
-    # 4 beats at 100 bpm + 8 beats at 150 bpm = 2.4 s + 3.2 s; one session tempo keeps that duration
+    # 4 beats at 100 bpm + 8 beats at 150 bpm = 2.4 s + 3.2 s: the chorus starts at 2.4 s, not at the
+    # 2.8 s one average tempo would put it; the style tempo is the one that sounds longest
     assert changing.seconds_at(12.0) == pytest.approx(5.6)
-    assert changing.bpm == pytest.approx(12.0 * 60 / 5.6)
+    chorus = changing.sections[1]
+    assert chorus.start_beats == 4.0 and changing.seconds_at(chorus.start_beats) == pytest.approx(2.4)
+    assert changing.bpm == pytest.approx(150.0)
+    assert changing.tempo_map.bar_at(4.0) == pytest.approx(7 / 3)  # 3/4: beat 4 is one beat into bar 2
 
     (tmp_path / "bad.mid").write_bytes(b"MThd not really")
     with pytest.raises(ValueError, match="not a readable MIDI file"):
@@ -216,18 +220,43 @@ def test_midi_file_by_osc_and_by_watch_folder(app, tmp_path):
         send("/dr2/session/open", str(project), "generic")
         _midi_file(project / "plan.mid")
         send("/dr2/midi/file", "plan.mid")
-        until("/dr2/ack", "/dr2/midi/file")
+        name, n_sections, n_syllables, encoding, detail = until("/dr2/midi/imported", "plan.mid")
+        assert (n_sections, n_syllables, encoding) == (2, 8, "utf_8")
+        assert json.loads(detail)["sections"] == ["verse-1", "chorus"]
         session = app.bridge.require_session()
         assert session.bpm == pytest.approx(100.0) and session.timesig == (3, 4)
         assert session.lyrics["verse-1"] == ["Hello world", "你好世界"]
+
+        # a second file replaces the plan: no stale verse-1 left behind, and its tempo map places beats
+        _midi_file(project / "change.mid", tempo_changes=True)
+        send("/dr2/midi/file", "change.mid")
+        until("/dr2/midi/imported", "change.mid")
+        session = app.bridge.require_session()
+        assert sorted(session.sections) == ["chorus", "verse-1"]
+        assert session.sections["chorus"].start_beats == 4.0 and session.seconds(4.0) == pytest.approx(2.4)
+        assert session.seconds(12.0) == pytest.approx(5.6) and session.beats(5.6) == pytest.approx(12.0)
+        send("/dr2/section/define", "extra", "bridge", 40.0, 8.0)
+        send("/dr2/midi/file", "plan.mid")
+        until("/dr2/midi/imported", "plan.mid")
+        assert "extra" not in app.bridge.require_session().sections
+        send("/dr2/section/define", "extra", "bridge", 40.0, 8.0)
+        send("/dr2/midi/file", "plan.mid", 1)  # merge: what the session had stays
+        assert json.loads(until("/dr2/midi/imported", "plan.mid")[4])["merged"] is True
+        assert sorted(app.bridge.require_session().sections) == ["chorus", "extra", "verse-1"]
+        send("/dr2/song/tempo", 100.0)  # a tempo set by hand holds everywhere again
+        until("/dr2/ack", "/dr2/song/tempo")
+        assert app.bridge.require_session().tempo_map is None
         send("/dr2/midi/file", "../plan.mid")
         assert "outside the project" in until("/dr2/error", "/dr2/midi/file")[1]
 
         # a file dropped into the watch folder with a generate cue renders a whole song
         _midi_file(tmp_path / "staging.mid", cues=("generate",))
         (tmp_path / "staging.mid").rename(app.watch.folder / "dropped.mid")
+        imported = until("/dr2/midi/imported", "dropped.mid")
+        assert imported[1:4] == [2, 8, "utf_8"]
+        (job_id,) = json.loads(imported[4])["jobs"]
         stem = until("/dr2/job/stem")
-        assert stem[0].startswith("watch-dropped-")
+        assert stem[0] == job_id and stem[0].startswith("watch-dropped-")
         assert until("/dr2/job/done", stem[0])[1] == 1
         assert sf.info(stem[2]).duration == pytest.approx(16 * 60 / 100, abs=0.21)
         (app.watch.folder / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")

@@ -125,11 +125,11 @@ def test_stems_into_projects(work: Path, session: dict, monkeypatch: pytest.Monk
     manifest = json.loads((live / "dr2studio.json").read_text())
     (take,) = manifest["takes"]
     assert manifest["daw"] == "ableton" and take["take"] == entry["take"] == "fixed"
-    assert take["position"] == 16.0 and take["seed"] == 4
+    assert take["position_seconds"] == 16.0 and take["seed"] == 4
     assert "la la la" in take["lyrics"] and "hello world" in take["lyrics"]
     assert [e["kind"] for e in take["settings"]["edits"]] == ["extend", "infill"]
     assert take["files"]["mix"] == "Samples/Imported/dr2/fixed/mix.wav"
-    assert abs(take["loudness"]["mix"] - (-14.0)) < 0.1
+    assert abs(take["stems"]["mix"]["loudness_lufs"] - (-14.0)) < 0.1
 
     reaper = work / "reaper"
     reaper.mkdir()

@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from dr2studio.engine import (
@@ -166,6 +167,8 @@ def test_close_cancels_waiting_jobs():
         (dict(kind="generate", lyrics="x", duration=5, tempo=5), "tempo"),
         (dict(kind="generate", lyrics="x", duration=5, tempo="fast"), "tempo"),
         (dict(kind="generate", lyrics="x", duration=5, tempo=True), "tempo"),
+        (dict(kind="generate", lyrics="x", duration=5, full_length="yes"), "full_length"),
+        (dict(kind="extend", lyrics="x", seconds=5, match_level=1), "match_level"),
     ],
 )
 def test_bad_requests_are_rejected_before_queueing(tiny_engine, kwargs, message):
@@ -238,6 +241,42 @@ def test_local_engine_generates_streams_extends_and_cancels(tiny_engine):
     with pytest.raises(JobCancelled):
         job.wait(120)
     assert job.result is None
+
+
+def test_demo_engine_reports_requested_vs_delivered_seconds(tmp_path):
+    """A job's result says when the model ended a song early, and an extend job adds what was asked,
+    at the input's own rate (what the bridge and Serve hand back)."""
+    from dr2studio.demo import DEMO_DIR
+    from dr2studio.song import Song
+
+    engine = LocalEngine(str(DEMO_DIR))
+    try:
+        events, on_event = _recorder()
+        lyrics = "[verse]\nCity lights are calling me tonight\nEvery step I take feels right"
+        req = JobRequest(kind="generate", lyrics=lyrics, style="pop, 120 bpm, A minor, piano, drums",
+                         duration=30.0, steps=4, seed=1)
+        job = engine.submit(req, on_event=on_event)
+        song = job.wait(120)
+        done = [e for e in events if e.type == "done"][-1]
+        assert done.length == job.length == song.settings["length"]
+        assert done.length["requested"] == 30.0 and done.length["delivered"] == pytest.approx(song.duration, abs=1e-3)
+        if song.duration < 30.0:  # the demo model ends its songs after about 20 s
+            assert done.length["ended_early"] and done.message == done.length["reason"] and "ended" in done.message
+        # a 44.1 kHz 16-bit stereo take: the extension comes back at 44.1 kHz, stereo, 3 s longer
+        take = tmp_path / "take.wav"
+        rng = np.random.default_rng(0)
+        sf.write(str(take), (rng.standard_normal((44100 * 4, 2)) * 3000).astype(np.int16), 44100, subtype="PCM_16")
+        producer = Song.load(take)
+        job = engine.submit(JobRequest(kind="extend", lyrics=lyrics, style="pop, 120 bpm", seconds=3.0, steps=2, seed=2),
+                            song=producer)
+        longer = job.wait(120)
+        assert longer.sample_rate == 44100 and longer.channels == 2 and longer.subtype == "PCM_16"
+        assert longer.audio.shape[1] == producer.audio.shape[1] + 3 * 44100
+        assert job.length["delivered"] == 3.0 and not job.length["ended_early"]
+        back = song_from_bytes(song_to_bytes(longer))  # what Serve sends back
+        assert back.settings["length"] == job.length and back.subtype == "PCM_16" and back.sample_rate == 44100
+    finally:
+        engine.close()
 
 
 def test_song_wire_format_is_lossless_and_safe(tiny_engine):

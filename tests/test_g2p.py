@@ -157,6 +157,19 @@ def test_fallback_rate_is_measured(rows, example, exact, fallback, caplog):
     assert all(fallback.line(t).ids for t in fresh)
 
 
+def test_parts_carry_language_and_table_membership(g2p_ref_dir, exact, espeak):
+    """Every non-empty part of the phone string is tagged with the language that produced it (coverage counts these)."""
+    for text in ("Hello 我爱你 world", "我们 sing together", "2024", "hello world"):
+        lp = exact.line(text)
+        assert [p for p, _, _ in lp.parts] == [p for p in lp.raw.split("|") if p]
+        assert [p for p, _, kept in lp.parts if kept] == list(lp.phones)
+        assert [p for p, _, kept in lp.parts if not kept] == list(lp.dropped)
+    mixed = exact.line("Hello 我爱你")
+    zh = [p for p in exact.mandarin("我爱你").split("|") if p]
+    assert [p for p, lang, _ in mixed.parts if lang == "zh"] == zh
+    assert {lang for _, lang, _ in mixed.parts} == {"en", "zh"}
+
+
 def test_reference_crash_lines_are_handled(g2p_ref_dir, exact, espeak):
     vocab = g2p_ref_dir / "vocab.json"
     en = encode_lyrics("[verse]\nhello there\n\n2024\n...\n24/7\n", vocab)
@@ -245,7 +258,13 @@ def test_lyrics_command(g2p_ref_dir, tmp_path, espeak):
     text = runner.invoke(main, ["lyrics", str(song), "--vocab", str(model / "vocab.json")])
     assert text.exit_code == 0 and "== chorus 1 ==" in text.stdout and "h ə l oʊ _ w ɜː l d" in text.stdout
 
-    assert "--model DIR" in runner.invoke(main, ["lyrics", str(song)]).output
+    # no --model: the shipped demo model's table, as every other command (said on stderr)
+    from dr2studio.demo import DEMO_DIR
+
+    default = runner.invoke(main, ["lyrics", str(song), "--json"])
+    assert default.exit_code == 0, default.output
+    assert "shipped demo model" in default.stderr
+    assert json.loads(default.stdout)["tokens"] == encode_lyrics(song.read_text(encoding="utf-8"), DEMO_DIR)
     song.write_text("[verse]\n[pre-chorus]\n", encoding="utf-8")
     bad = runner.invoke(main, ["lyrics", str(song), "--model", str(model)])
     assert bad.exit_code == 1 and "song.lrc:2: unknown bracketed tag" in bad.output

@@ -6,7 +6,8 @@
 --
 -- What it does: reads <project folder>/dr2studio.json (written by `dr2studio bridge` and
 -- `dr2studio stems`), and for every take not imported before (remembered in the project's
--- ExtState), puts each stem file on a track named "dr2 <stem>" at the take's position_seconds.
+-- ExtState), puts each stem file on a track named "dr2 <stem>" at the take's position_seconds
+-- (CLI and bridge takes alike; the schema is in docs/manifest.md).
 -- Nothing is copied: the files already live in the project's media folder.
 
 local SECTION = "dr2studio"
@@ -143,7 +144,8 @@ local function main()
   reaper.PreventUIRefresh(1)
   for _, take in ipairs(manifest.takes) do
     if type(take) == "table" and take.take and not done[take.take] and type(take.files) == "table" then
-      local position = tonumber(take.position_seconds) or 0
+      -- schema 2 (docs/manifest.md): position_seconds for every take; schema-1 CLI takes said "position"
+      local position = tonumber(take.position_seconds) or tonumber(take.position) or 0
       for stem, rel in pairs(take.files) do
         local file = dir .. "/" .. rel
         if place(track_named("dr2 " .. stem), file, position, take.take .. " " .. stem) then added = added + 1 end

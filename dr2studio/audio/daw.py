@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import os
 import re
@@ -29,22 +28,30 @@ from typing import Any
 import torch
 
 from dr2studio.audio.io import write_audio
-from dr2studio.config import atomic_write_text
+from dr2studio.audio.project_manifest import ManifestError, load_manifest, take_entry, write_manifest
 
 try:  # POSIX only; elsewhere the manifest update is atomic but not serialised
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DAWS", "MANIFEST_NAME", "ProjectError", "ProjectLayout", "project_layout", "read_manifest", "write_take"]
+__all__ = [
+    "DAWS",
+    "MANIFEST_NAME",
+    "ProjectError",
+    "ProjectLayout",
+    "project_layout",
+    "project_sample_rate",
+    "read_manifest",
+    "write_take",
+]
 
 log = logging.getLogger(__name__)
 
 DAWS = ("ableton", "reaper", "generic")
 MANIFEST_NAME = "dr2studio.json"
-_MANIFEST_FORMAT = "dr2studio-manifest"
-_MANIFEST_VERSION = 1
 _RECORD_PATH = re.compile(r'^\s*RECORD_PATH\s+(?:"([^"]*)"|(\S+))', re.MULTILINE)
+_SAMPLERATE = re.compile(r"^\s*SAMPLERATE\s+(\d+)", re.MULTILINE)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -114,22 +121,36 @@ def project_layout(project: str | os.PathLike, daw: str = "generic") -> ProjectL
     return layout
 
 
-def _empty_manifest(daw: str) -> dict[str, Any]:
-    return {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION, "daw": daw, "takes": []}
-
-
 def read_manifest(layout: ProjectLayout) -> dict[str, Any]:
-    """The project's manifest (an empty one when the file does not exist yet)."""
-    path = layout.manifest_path
-    if not path.exists():
-        return _empty_manifest(layout.daw)
+    """The project's manifest in the current schema (older schemas upgraded; empty when there is none yet)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProjectError(f"cannot read manifest {path}: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("takes"), list):
-        raise ProjectError(f"manifest {path} is not a dr2studio manifest (no 'takes' list)")
-    return data
+        return load_manifest(layout.manifest_path, layout.daw)
+    except ManifestError as exc:
+        raise ProjectError(str(exc)) from exc
+
+
+def _rpp_sample_rate(root: Path) -> int | None:
+    for rpp in sorted(root.glob("*.rpp")) + sorted(root.glob("*.RPP")):
+        try:
+            match = _SAMPLERATE.search(rpp.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+        if match and 8000 <= int(match.group(1)) <= 192000:
+            return int(match.group(1))
+    return None
+
+
+def project_sample_rate(layout: ProjectLayout) -> int | None:
+    """The rate the project's takes use: the manifest's, else a REAPER project's ``SAMPLERATE``, else ``None``.
+
+    Why: every take of a project should share one rate, so later takes follow the first one.
+    """
+    rate = read_manifest(layout).get("sample_rate")
+    if isinstance(rate, int) and not isinstance(rate, bool) and 8000 <= rate <= 192000:
+        return rate
+    if layout.daw == "reaper" and layout.root.is_dir():
+        return _rpp_sample_rate(layout.root)
+    return None
 
 
 @contextlib.contextmanager
@@ -155,21 +176,6 @@ def _take_name(layout: ProjectLayout, wanted: str) -> str:
     return name
 
 
-def _jsonable(value: Any) -> Any:
-    """Manifest values: tensors and paths become plain JSON."""
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not (value == value and abs(value) != float("inf")):
-        return None  # NaN / inf are not JSON
-    return value
-
-
 def write_take(
     layout: ProjectLayout,
     take: str,
@@ -180,11 +186,15 @@ def write_take(
 ) -> dict[str, Any]:
     """Write ``{stem: (audio [C, N], rate)}`` as ``<takes_dir>/<take>/<stem>.wav`` and record the take.
 
-    ``info`` (position, lyrics, seed, settings, ...) is stored in the manifest entry, which is returned.
-    A take name already in use gets a ``-2``, ``-3`` ... suffix.
+    ``info`` (position_seconds, lyrics, seed, settings, ...; see docs/manifest.md) becomes the manifest
+    entry through :func:`~dr2studio.audio.project_manifest.take_entry`; the entry is returned. A take name
+    already in use gets a ``-2``, ``-3`` ... suffix. The manifest's ``sample_rate`` is set by the first take.
     """
     if not stems:
         raise ValueError("a take needs at least one stem")
+    rates = {int(rate) for _, rate in stems.values()}
+    info = {"sample_rate": rates.pop() if len(rates) == 1 else None, **info}
+    take_entry(take, "", {}, info)  # a bad entry is an error before anything is written
     layout.root.mkdir(exist_ok=True)
     with _locked(layout.root):
         manifest = read_manifest(layout)
@@ -200,16 +210,14 @@ def write_take(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        entry = {
-            "take": name,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **_jsonable(dict(info)),
-            "files": {stem: layout.relative(final / f"{stem}.wav") for stem in stems},
-        }
-        manifest.setdefault("takes", []).append(entry)
-        manifest["daw"] = layout.daw
+        created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         try:
-            atomic_write_text(layout.manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+            entry = take_entry(name, created, {stem: layout.relative(final / f"{stem}.wav") for stem in stems}, info)
+            manifest.setdefault("takes", []).append(entry)
+            manifest["daw"] = layout.daw
+            if manifest.get("sample_rate") is None:
+                manifest["sample_rate"] = entry["sample_rate"]
+            write_manifest(layout.manifest_path, manifest)
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)  # no take without its manifest entry
             raise

@@ -34,6 +34,7 @@ __all__ = [
     "LoudnessResult",
     "load_preset",
     "list_presets",
+    "runnable_effects",
     "build_chain",
     "apply_chain",
     "integrated_loudness",
@@ -145,18 +146,42 @@ def load_preset(name_or_path: str | os.PathLike) -> EffectPreset:
         raise ConfigError(f"shipped preset {text!r} is not valid JSON: {exc}") from exc
 
 
+def _cannot_run(spec: dict[str, Any], sample_rate: int) -> str | None:
+    """Why ``spec`` cannot run at ``sample_rate`` (a filter frequency at or above Nyquist), else ``None``."""
+    freq = spec.get("cutoff_frequency_hz")
+    if freq is not None and float(freq) >= sample_rate / 2:
+        return f"cutoff {float(freq):g} Hz must be below Nyquist ({sample_rate / 2:g} Hz)"
+    return None
+
+
+def runnable_effects(effects: list[dict[str, Any]], sample_rate: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Split an effect list into what can run at ``sample_rate`` and one note per effect that cannot.
+
+    Why: a preset written for 48 kHz must still render a project at a low rate; an EQ band above
+    Nyquist has nothing to act on, so it is left out and the note goes into the manifest.
+    """
+    kept: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for i, spec in enumerate(effects):
+        _check_effect(spec, f"effect {i}")
+        reason = _cannot_run(spec, sample_rate)
+        if reason is None:
+            kept.append(spec)
+        else:
+            notes.append(f"{spec['effect']} (effect {i}) skipped at {sample_rate} Hz: {reason}")
+    return kept, notes
+
+
 def build_chain(effects: list[dict[str, Any]], sample_rate: int) -> pedalboard.Pedalboard:
-    """A pedalboard for one effect list; filter frequencies must sit below Nyquist."""
+    """A pedalboard for one effect list; filter frequencies must sit below Nyquist (see :func:`runnable_effects`)."""
     plugins = []
     for i, spec in enumerate(effects):
         _check_effect(spec, f"effect {i}")
         cls_name, _ = EFFECTS[spec["effect"]]
         params = {k: float(v) for k, v in spec.items() if k != "effect"}
-        freq = params.get("cutoff_frequency_hz")
-        if freq is not None and freq >= sample_rate / 2:
-            raise ConfigError(
-                f"effect {i} ({spec['effect']}): cutoff {freq:g} Hz must be below Nyquist ({sample_rate / 2:g} Hz)"
-            )
+        reason = _cannot_run(spec, sample_rate)
+        if reason is not None:
+            raise ConfigError(f"effect {i} ({spec['effect']}): {reason}")
         plugins.append(getattr(pedalboard, cls_name)(**params))
     return pedalboard.Pedalboard(plugins)
 

@@ -5,23 +5,32 @@ weights, fetched into torch's hub cache on first use. The model runs at 44.1 kHz
 audio is resampled in and out; long songs are cut into overlapping segments that are blended back
 with linear ramps (the overlap hides the segment edges).
 
-Rendering one stem = effect chain (from a preset) -> resample to the project rate -> loudness
-normalisation (measured at the project rate, so the file hits the target). Writing the files is
-:mod:`dr2studio.audio.daw`'s job.
+Rendering one stem = resample to the project rate -> effect chain (from a preset; effects that
+cannot run at that rate are skipped and noted) -> loudness normalisation (measured at the project
+rate). :func:`render_take` is the one path from stems to ``dr2studio.json`` for the CLI, the API and
+the bridge; writing the files is :mod:`dr2studio.audio.daw`'s job.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import urllib.error
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dr2studio.audio.effects import EffectPreset, LoudnessResult, apply_chain, normalize_loudness
+from dr2studio.audio.effects import (
+    EffectPreset,
+    LoudnessResult,
+    apply_chain,
+    integrated_loudness,
+    normalize_loudness,
+    runnable_effects,
+)
 from dr2studio.audio.io import resample
 
 __all__ = [
@@ -32,6 +41,9 @@ __all__ = [
     "load_separator",
     "RenderedStem",
     "render_stem",
+    "DEFAULT_PROJECT_RATE",
+    "project_rate",
+    "render_take",
     "export_stems",
 ]
 
@@ -43,6 +55,8 @@ STEMS = ("mix", "vocals", "drums", "bass", "other")
 SEPARATOR_URL = "https://download.pytorch.org/torchaudio/models/hdemucs_high_trained.pt"
 _DEMUCS_SOURCES = ["drums", "bass", "other", "vocals"]
 _DEMUCS_RATE = 44100
+#: the rate takes are rendered at when neither the caller nor the project names one.
+DEFAULT_PROJECT_RATE = 48000
 
 
 class SeparationError(RuntimeError):
@@ -159,12 +173,30 @@ class Separator:
 
 @dataclasses.dataclass
 class RenderedStem:
-    """One processed stem ready to write: ``audio [C, N]`` at ``sample_rate`` plus its loudness."""
+    """One processed stem ready to write: ``audio [C, N]`` at ``sample_rate`` and what was done to it.
+
+    ``loudness_lufs`` and ``peak_dbfs`` are measured on the final audio (after effects, limiting and
+    normalisation), so they are what the file holds; ``target_lufs`` is what was asked for.
+    """
 
     name: str
     audio: torch.Tensor
     sample_rate: int
     loudness: LoudnessResult | None
+    preset: str = "unnamed"
+    target_lufs: float | None = None
+    loudness_lufs: float | None = None
+    peak_dbfs: float | None = None
+    skipped_effects: list[str] = dataclasses.field(default_factory=list)
+
+    def manifest(self) -> dict[str, Any]:
+        """This stem's entry under a take's ``stems`` in ``dr2studio.json`` (docs/manifest.md)."""
+        return {"preset": self.preset, "target_lufs": self.target_lufs, "loudness_lufs": self.loudness_lufs,
+                "peak_dbfs": self.peak_dbfs, "skipped_effects": list(self.skipped_effects)}
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 3) if math.isfinite(value) else None
 
 
 def render_stem(
@@ -176,14 +208,19 @@ def render_stem(
     target_sample_rate: int | None = None,
     loudness_lufs: float | None = None,
 ) -> RenderedStem:
-    """Effects (``preset.chain_for(name)``) -> resample -> loudness, for one ``[C, N]`` stem.
+    """Resample -> effects (``preset.chain_for(name)``) -> loudness, for one ``[C, N]`` stem.
 
-    The effects run at the song's rate; loudness is measured and set after resampling, so the written
-    file hits the target exactly. ``loudness_lufs`` overrides the preset's target; a preset target of
-    ``null`` skips normalisation but still enforces the preset's peak ceiling.
+    Effects run at the project rate, so a preset made for 48 kHz works on an 8 kHz model's output; an
+    effect that still cannot run there (a filter above Nyquist) is skipped and named in
+    ``skipped_effects``. ``loudness_lufs`` overrides the preset's target; a preset target of ``null``
+    skips normalisation but still enforces the preset's peak ceiling.
     """
     rate = int(target_sample_rate or sample_rate)
-    out = resample(apply_chain(audio, sample_rate, preset.chain_for(name)), sample_rate, rate)
+    out = resample(audio.float(), sample_rate, rate)
+    chain, skipped = runnable_effects(preset.chain_for(name), rate)
+    for note in skipped:
+        log.info("preset %s, stem %s: %s", preset.name, name, note)
+    out = apply_chain(out, rate, chain)
     target = loudness_lufs if loudness_lufs is not None else preset.loudness_lufs
     loud: LoudnessResult | None = None
     if target is not None:
@@ -193,7 +230,68 @@ def render_stem(
         peak = float(out.abs().max()) if out.numel() else 0.0
         if peak > ceiling:
             out = out * (ceiling / peak)
-    return RenderedStem(name=name, audio=out, sample_rate=rate, loudness=loud)
+    measured = integrated_loudness(out, rate)
+    peak = float(out.abs().max()) if out.numel() else 0.0
+    if target is not None and math.isfinite(measured) and abs(measured - float(target)) > 0.5:
+        capped = loud is not None and float(target) - loud.measured_lufs > 30.0
+        why = "the gain is capped at +30 dB" if capped else f"the {preset.peak_db:g} dBFS peak ceiling held it down"
+        log.warning("stem %s ends at %.1f LUFS, not the %.1f LUFS target: %s (recorded in the manifest)",
+                    name, measured, float(target), why)
+    return RenderedStem(
+        name=name, audio=out, sample_rate=rate, loudness=loud, preset=preset.name,
+        target_lufs=None if target is None else float(target), loudness_lufs=_finite(measured),
+        peak_dbfs=_finite(20 * math.log10(peak)) if peak > 0 else None, skipped_effects=skipped,
+    )
+
+
+def project_rate(layout: Any, sample_rate: int | None = None) -> int:
+    """The rate to render a take at: ``sample_rate``, else the project's (:func:`~dr2studio.audio.daw.project_sample_rate`), else 48 kHz."""
+    from dr2studio.audio.daw import project_sample_rate
+
+    rate = int(sample_rate or project_sample_rate(layout) or DEFAULT_PROJECT_RATE)
+    if not (8000 <= rate <= 192000):
+        raise ValueError(f"project sample rate must be in [8000, 192000] Hz, got {rate}")
+    return rate
+
+
+def render_take(
+    layout: Any,
+    take: str,
+    sources: Mapping[str, torch.Tensor],
+    source_rate: int,
+    presets: Callable[[str], EffectPreset],
+    info: Mapping[str, Any],
+    *,
+    sample_rate: int | None = None,
+    loudness_lufs: float | None = None,
+    after_stem: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Render ``{stem: audio [C, N]}`` at ``source_rate`` into ``layout`` as one take; returns its manifest entry.
+
+    The one path from audio to ``dr2studio.json`` for the CLI, the Python API and the bridge, so every
+    take has the same entry shape. ``presets(stem)`` picks each stem's preset; ``after_stem`` is called
+    after each stem is rendered (progress, cancellation).
+    """
+    from dr2studio.audio.daw import write_take
+
+    if loudness_lufs is not None and not (-60.0 <= loudness_lufs <= 0.0):
+        raise ValueError(f"loudness target must be in [-60, 0] LUFS, got {loudness_lufs}")
+    rate = project_rate(layout, sample_rate)
+    rendered: dict[str, RenderedStem] = {}
+    for name, audio in sources.items():
+        rendered[name] = render_stem(name, audio, source_rate, presets(name), target_sample_rate=rate,
+                                     loudness_lufs=loudness_lufs)
+        if after_stem is not None:
+            after_stem(name)
+    length = max(r.audio.shape[-1] for r in rendered.values())
+    details = {
+        **info,
+        "sample_rate": rate,
+        "source_sample_rate": int(source_rate),
+        "duration_seconds": length / rate,
+        "stems": {n: r.manifest() for n, r in rendered.items()},
+    }
+    return write_take(layout, take, {n: (r.audio, r.sample_rate) for n, r in rendered.items()}, details)
 
 
 def export_stems(
@@ -210,25 +308,25 @@ def export_stems(
     separator: Separator | None = None,
     separator_weights: str | os.PathLike | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    origin: str = "api",
 ) -> dict[str, Any]:
     """Render ``song`` (a :class:`~dr2studio.song.Song`) into a DAW project and record it in the manifest.
 
-    Stems are the mix plus, with ``separate``, the Demucs sources; each goes through the preset's chain,
-    loudness normalisation and resampling to ``sample_rate`` (default: the song's), and is written as
-    24-bit WAV. Everything is checked (project folder, manifest, preset, rates) before anything is
-    written. Returns the manifest entry of the new take.
+    Stems are the mix plus, with ``separate``, the Demucs sources; each is resampled to ``sample_rate``
+    (default: the project's rate, else 48 kHz), goes through the preset's chain and loudness
+    normalisation, and is written as 24-bit WAV. ``position`` is the take's start on the timeline in
+    seconds. Everything is checked (project folder, manifest, preset, rates) before anything is
+    written. Returns the manifest entry of the new take (docs/manifest.md).
     """
-    from dr2studio.audio.daw import project_layout, write_take
+    from dr2studio.audio.daw import project_layout
     from dr2studio.audio.effects import load_preset
 
     layout = project_layout(project, daw)
     chosen = preset if isinstance(preset, EffectPreset) else load_preset(preset)
-    rate = int(sample_rate or song.sample_rate)
-    if not (8000 <= rate <= 192000):
-        raise ValueError(f"project sample rate must be in [8000, 192000] Hz, got {rate}")
+    project_rate(layout, sample_rate)  # a bad rate fails before separation runs
     if loudness_lufs is not None and not (-60.0 <= loudness_lufs <= 0.0):
         raise ValueError(f"loudness target must be in [-60, 0] LUFS, got {loudness_lufs}")
-    if not (position >= 0.0):
+    if isinstance(position, bool) or not (float(position) >= 0.0):
         raise ValueError(f"timeline position must be >= 0 seconds, got {position}")
     sources: dict[str, torch.Tensor] = {"mix": song.audio.float()}
     steps = len(STEMS) + 1 if separate else 1  # separation + one render per stem
@@ -245,25 +343,18 @@ def export_stems(
         parts = sep.separate(song.audio.float(), song.sample_rate)
         tick("separate")
         sources.update({name: parts[name] for name in STEMS if name in parts})
-    rendered: dict[str, RenderedStem] = {}
-    for name, audio in sources.items():
-        rendered[name] = render_stem(name, audio, song.sample_rate, chosen, target_sample_rate=rate,
-                                     loudness_lufs=loudness_lufs)
-        tick(f"render {name}")
     source_path = getattr(song, "path", None)
     info = {
+        "origin": origin,
         "source": str(Path(source_path).resolve()) if source_path else None,
-        "position": float(position),
-        "duration": song.audio.shape[1] / song.sample_rate,
-        "sample_rate": rate,
+        "position_seconds": float(position),
         "lyrics": song.lyrics,
         "seed": song.seed,
         "settings": song.settings,
         "model": song.model,
         "preset": chosen.name,
         "separated": bool(separate),
-        "loudness": {n: (r.loudness.output_lufs if r.loudness else None) for n, r in rendered.items()},
     }
     name = take or (Path(source_path).stem if source_path else "take")
-    entry = write_take(layout, name, {n: (r.audio, r.sample_rate) for n, r in rendered.items()}, info)
-    return entry
+    return render_take(layout, name, sources, song.sample_rate, lambda _stem: chosen, info, sample_rate=sample_rate,
+                       loudness_lufs=loudness_lufs, after_stem=lambda stem: tick(f"render {stem}"))

@@ -12,7 +12,7 @@ from typing import Any
 
 from dr2studio.bridge.core import Bridge
 from dr2studio.bridge.midi import MidiController, MidiTcpServer, open_virtual_port
-from dr2studio.bridge.midifile import apply_midi_plan, import_midi_file, read_midi_file
+from dr2studio.bridge.midifile import import_midi_file, import_midi_path, imported_message
 from dr2studio.bridge.osc import DEFAULT_PORT, OscServer
 from dr2studio.bridge.watch import WatchFolder
 
@@ -67,7 +67,7 @@ class BridgeApp:
         if o.project is not None:
             self.bridge.open_session(str(Path(o.project).expanduser().resolve()), o.daw)
         self.osc = OscServer(self.bridge, o.host, o.osc_port, tcp=o.osc_tcp)
-        self.osc.midi_import = lambda path: import_midi_file(self.bridge, path)
+        self.osc.midi_import = lambda path, merge=False: import_midi_file(self.bridge, path, merge)
         self.osc.start()
         if o.midi_tcp is not None or o.midi_port:
             self.midi = MidiController(self.bridge)
@@ -79,7 +79,8 @@ class BridgeApp:
             self.watch = WatchFolder(o.watch, self._import_dropped, on_error=self._watch_error).start()
 
     def _import_dropped(self, path: Path) -> None:
-        apply_midi_plan(self.bridge, read_midi_file(path), job_prefix="watch")
+        address, args = imported_message(import_midi_path(self.bridge, path, job_prefix="watch"))
+        self.bridge.emit(address, *args)  # the same event a /dr2/midi/file import replies with
 
     def _watch_error(self, path: Path, exc: Exception) -> None:
         self.bridge.emit("/dr2/error", f"watch:{path.name}", str(exc))

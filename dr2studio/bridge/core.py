@@ -187,6 +187,12 @@ class Bridge:
         with self._lock:
             self.require_session().set_timesig(num, den)
 
+    def update_session(self, change: Callable[[Session], Any]) -> Any:
+        """Run ``change(session)`` under the bridge lock, so a multi-field update (a MIDI file's plan)
+        never interleaves with a job reading the session."""
+        with self._lock:
+            return change(self.require_session())
+
     def set_style(self, text: str) -> None:
         if not isinstance(text, str) or len(text) > 1000:
             raise BridgeError("style must be text of at most 1000 characters")
@@ -321,17 +327,17 @@ class Bridge:
         if spec.kind == "continue":
             if not (spec.from_beats >= 0 and spec.length_beats > 0):
                 raise BridgeError(f"continue needs from_beats >= 0 and length_beats > 0, got {spec.from_beats}, {spec.length_beats}")
-            length = session.seconds(spec.length_beats)
+            length = session.seconds_between(spec.from_beats, spec.from_beats + spec.length_beats)
             if not 0 < length <= 600:
                 raise BridgeError(f"continue length {length:.2f} s must be in (0, 600]")
             if session.song is None:
                 return dict(request=JobRequest(kind="generate", lyrics=lyrics, duration=length, **common), song=None,
                             origin=spec.from_beats)
-            at = session.seconds(spec.from_beats - session.origin_beats)
+            at = session.seconds_between(session.origin_beats, spec.from_beats)
             total = session.song_seconds()
             if at < 0 or at > total + CONTINUE_TOLERANCE_S:
                 raise BridgeError(f"continue from beat {spec.from_beats:g} is outside the song (beats "
-                                  f"{session.origin_beats:g}..{session.origin_beats + session.beats(total):g})")
+                                  f"{session.origin_beats:g}..{session.beat_after(session.origin_beats, total):g})")
             base = session.song
             if not dry_run and at < total - CONTINUE_TOLERANCE_S:
                 base = crop_song(base, at)
@@ -341,8 +347,8 @@ class Bridge:
             if session.song is None:
                 raise BridgeError("nothing to regenerate yet: generate or continue first", 409)
             total = session.song_seconds()
-            start = max(0.0, session.seconds(section.start_beats - session.origin_beats))
-            end = min(total, session.seconds(section.end_beats - session.origin_beats))
+            start = max(0.0, session.seconds_between(session.origin_beats, section.start_beats))
+            end = min(total, session.seconds_between(session.origin_beats, section.end_beats))
             if end - start <= 0:
                 raise BridgeError(f"section {section.sec_id} (beats {section.start_beats:g}..{section.end_beats:g}) "
                                   "does not overlap the song", 409)
@@ -387,7 +393,7 @@ class Bridge:
     def _deliver(self, job_id: str, ctx: JobContext, session: Session, plan: dict[str, Any], song: Any) -> int:
         request = plan["request"]
         region, start_s = song_region(song, *changed_region(request.kind, song))
-        position_beats = plan["origin"] + session.beats(start_s)
+        position_beats = session.beat_after(plan["origin"], start_s)
         written = deliver_take(session, job_id, region, position_beats=position_beats,
                                position_seconds=session.seconds(position_beats), request=request,
                                check=ctx.check, seed=_job_seed(request.kind, song), **self.stem_options)

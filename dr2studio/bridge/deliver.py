@@ -60,17 +60,18 @@ def crop_song(song: Any, seconds: float) -> Any:
         raise BridgeError("the song has no latents to cut; continue from its end instead", 409)
     audio, latents = song.audio, song.latents
     frames = latents.shape[1]
-    hop = round(audio.shape[-1] / frames)
-    if hop <= 0 or abs(audio.shape[-1] - frames * hop) >= hop:
+    per_frame = audio.shape[-1] / frames  # samples per latent frame; fractional at a producer's rate (44.1 kHz)
+    if frames < 1 or per_frame < 1:
         raise BridgeError(f"song audio ({audio.shape[-1]} samples) does not match its {frames} latent frames", 409)
-    keep = int(seconds * song.sample_rate) // hop
+    keep = int(seconds * song.sample_rate / per_frame)
     if keep < 1:
         raise BridgeError(f"cannot continue from {seconds:.2f} s: less than one latent frame of song before it", 409)
+    cut = round(keep * per_frame)
     settings = dict(song.settings)
-    settings["edits"] = list(settings.get("edits", [])) + [{"kind": "crop", "end": keep * hop / song.sample_rate}]
-    return Song(audio=audio[:, : keep * hop].clone(), sample_rate=song.sample_rate, latents=latents[:, :keep].clone(),
+    settings["edits"] = list(settings.get("edits", [])) + [{"kind": "crop", "end": cut / song.sample_rate}]
+    return Song(audio=audio[:, :cut].clone(), sample_rate=song.sample_rate, latents=latents[:, :keep].clone(),
                 tokens=song.tokens, lyrics=song.lyrics, style=song.style, seed=song.seed, settings=settings,
-                model=song.model)
+                model=song.model, subtype=getattr(song, "subtype", None))
 
 
 def changed_region(kind: str, song: Any) -> tuple[float, float | None]:
@@ -113,11 +114,13 @@ def deliver_take(session: Session, job_id: str, region: tuple[torch.Tensor, int]
     """Render ``region`` (audio ``[C, n]``, rate) as stems into the session's project; one file per stem.
 
     ``separate`` adds vocals / drums / bass / other (Hybrid Demucs). Each stem uses the session's fx
-    preset for it, else ``preset``. ``check`` is called between steps to honour cancellation.
+    preset for it, else ``preset``. ``check`` is called between steps to honour cancellation. The take
+    is written by :func:`dr2studio.audio.stems.render_take`, the same writer as ``dr2studio stems``, so
+    its manifest entry has the same shape (docs/manifest.md).
     """
-    from dr2studio.audio.daw import ProjectError, project_layout, write_take
+    from dr2studio.audio.daw import ProjectError, project_layout
     from dr2studio.audio.effects import load_preset
-    from dr2studio.audio.stems import render_stem
+    from dr2studio.audio.stems import render_take
 
     audio, rate = region
     try:
@@ -130,26 +133,26 @@ def deliver_take(session: Session, job_id: str, region: tuple[torch.Tensor, int]
         check()
         sep = separator if separator is not None else _load_separator(separator_weights)
         sources.update(sep.separate(audio, rate))
-    stems: dict[str, tuple[torch.Tensor, int]] = {}
-    for name, stem_audio in sources.items():
-        check()
-        chain = load_preset(session.fx.get(name, preset))
-        out = render_stem(name, stem_audio, rate, chain, target_sample_rate=sample_rate, loudness_lufs=loudness_lufs)
-        stems[name] = (out.audio, out.sample_rate)
+    fx = {name: session.fx.get(name, preset) for name in sources}
+    presets = {name: load_preset(choice) for name, choice in fx.items()}
     check()
     info = {
-        "source": "bridge",
+        "origin": "bridge",
         "job": job_id,
         "kind": getattr(request, "kind", None),
-        "position_beats": position_beats,
-        "position_seconds": position_seconds,
+        "position_beats": float(position_beats),
+        "position_seconds": float(position_seconds),
         "bpm": session.bpm,
         "timesig": list(session.timesig),
         "lyrics": getattr(request, "lyrics", None),
         "style": getattr(request, "style", None),
         "seed": seed,
+        "preset": str(preset),
+        "separated": bool(separate),
         "settings": {"steps": getattr(request, "steps", None), "cfg_strength": getattr(request, "cfg_strength", None),
-                     "fx": {name: session.fx.get(name, preset) for name in stems}},
+                     "fx": fx},
     }
-    entry = write_take(layout, job_id, stems, info)
-    return [DeliveredFile(stem, layout.root / rel, stems[stem][1]) for stem, rel in entry["files"].items()]
+    entry = render_take(layout, job_id, sources, rate, presets.__getitem__, info, sample_rate=sample_rate,
+                        loudness_lufs=loudness_lufs, after_stem=lambda _stem: check())
+    rate_out = int(entry["sample_rate"])
+    return [DeliveredFile(stem, layout.root / rel, rate_out) for stem, rel in entry["files"].items()]

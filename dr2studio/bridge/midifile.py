@@ -2,30 +2,46 @@
 ``set_tempo`` / ``time_signature`` give the grid and ``cue_marker`` events carry commands.
 
 Times are read in beats (quarter notes: ticks / ticks_per_beat), the unit Ableton's timeline uses, and
-converted to seconds through the tempo map. Text is decoded as UTF-8 (mido's default latin-1 garbles
-Chinese lyrics); files that are not valid UTF-8 fall back to latin-1 with a warning.
+turned into seconds and bars through the file's :class:`~dr2studio.tempomap.TempoMap` (every tempo and
+meter change, not one average). Text is decoded in the encoding the file was written in (see
+:mod:`.miditext`: UTF-8, GBK, Shift-JIS, ...).
 
-Lyrics follow the karaoke conventions: syllables are concatenated; a syllable starting with ``/`` or
-``\\`` starts a new line; one ending in ``\\r`` or ``\\n`` ends its line.
+Lyrics follow the karaoke conventions: syllables are concatenated; a syllable starting with ``/``
+starts a new line and one starting with ``\\`` a new paragraph; one ending in ``\\r`` or ``\\n`` ends its
+line. ``.kar`` files carry their words in ``text`` events, with ``@`` header lines that are skipped.
+Syllables no section marker covers are kept: they get ``verse`` sections of their own, one per
+paragraph, snapped to the bar line. A file with neither markers nor words becomes one ``instrumental``
+section as long as the file.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import json
 import logging
 import re
 import uuid
 from pathlib import Path
 from typing import Any
 
-from dr2studio.bridge.session import SECTION_KINDS, BridgeError
+from dr2studio.bridge.miditext import decode_texts
+from dr2studio.bridge.session import MAX_SECTIONS, SECTION_KINDS, BridgeError, Session
+from dr2studio.tempomap import TempoMap
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MidiPlan", "PlannedSection", "read_midi_file", "apply_midi_plan", "MAX_MIDI_FILE"]
+__all__ = ["MidiPlan", "PlannedSection", "MidiImport", "read_midi_file", "apply_midi_plan", "import_midi_file",
+           "import_midi_path", "imported_message", "MAX_MIDI_FILE", "IMPORTED_ADDRESS"]
 
 MAX_MIDI_FILE = 4 * 1024 * 1024
+IMPORTED_ADDRESS = "/dr2/midi/imported"
 _KIND_RE = re.compile(r"^\s*([A-Za-z][A-Za-z -]*?)[\s_-]*(\d*)\s*(?::.*)?$")
 _STOP_MARKERS = {"end", "stop", "fin"}
+_TEXT_TYPES = ("text", "lyrics", "marker", "cue_marker", "copyright")
+_NAME_TYPES = ("track_name", "instrument_name", "device_name")
+#: A syllable made only of these holds the previous note (melisma / extender marks); nothing to sing.
+_EXTENDER = re.compile(r"^[-_+~]+$")
+_SESSION_BPM = (20.0, 999.0)
 
 
 @dataclasses.dataclass
@@ -39,25 +55,40 @@ class PlannedSection:
 
 @dataclasses.dataclass
 class MidiPlan:
-    """What a MIDI file says about a song. ``tempo_map`` is ``[(beat, bpm), ...]``."""
+    """What a MIDI file says about a song. ``bpm`` is the tempo that sounds longest (for the style
+    prompt); positions go through ``tempo_map``."""
 
     source: str
     bpm: float
-    tempo_map: list[tuple[float, float]]
+    tempo_map: TempoMap
     timesig: tuple[int, int]
     sections: list[PlannedSection]
     cues: list[tuple[float, str]]
     length_beats: float
+    encoding: str = "ascii"
+    syllables: int = 0
 
     def seconds_at(self, beats: float) -> float:
         """Seconds at ``beats`` following the tempo map."""
-        total, prev_beat, prev_bpm = 0.0, 0.0, self.tempo_map[0][1] if self.tempo_map else self.bpm
-        for beat, bpm in self.tempo_map:
-            if beat >= beats:
-                break
-            total += (beat - prev_beat) * 60.0 / prev_bpm
-            prev_beat, prev_bpm = beat, bpm
-        return total + (beats - prev_beat) * 60.0 / prev_bpm
+        return self.tempo_map.seconds_at(beats)
+
+
+@dataclasses.dataclass
+class MidiImport:
+    """What an import did, for the ``/dr2/midi/imported`` reply."""
+
+    source: str
+    plan: MidiPlan
+    jobs: list[str]
+    merged: bool
+
+
+@dataclasses.dataclass
+class _Text:
+    beat: float
+    track: int
+    type: str
+    text: str
 
 
 def _kind_of(name: str) -> str | None:
@@ -81,13 +112,14 @@ def _slug(text: str, taken: set[str]) -> str:
 
 
 def _open(path: Path) -> Any:
+    """mido reads text as latin-1 so the raw bytes survive for :func:`decode_texts`; out-of-range data
+    bytes (a common writer bug) are clipped rather than refused."""
     import mido
 
     try:
-        return mido.MidiFile(str(path), charset="utf-8")
-    except UnicodeDecodeError:
-        log.warning("%s: text events are not UTF-8; reading them as latin-1", path)
-        return mido.MidiFile(str(path), charset="latin1")
+        return mido.MidiFile(str(path), charset="latin1", clip=True)
+    except Exception as exc:  # mido raises OSError, EOFError, ValueError, KeyError, IndexError... on bad files
+        raise BridgeError(f"{path.name} is not a readable MIDI file: {type(exc).__name__}: {exc}") from exc
 
 
 def read_midi_file(path: str | Path) -> MidiPlan:
@@ -97,74 +129,151 @@ def read_midi_file(path: str | Path) -> MidiPlan:
         raise BridgeError(f"MIDI file {path} does not exist", 404)
     if path.stat().st_size > MAX_MIDI_FILE:
         raise BridgeError(f"MIDI file {path} is larger than {MAX_MIDI_FILE} bytes", 413)
-    try:
-        mid = _open(path)
-    except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
-        raise BridgeError(f"{path.name} is not a readable MIDI file: {exc}") from exc
+    mid = _open(path)
     if mid.type == 2:
         raise BridgeError(f"{path.name}: type 2 MIDI files (independent patterns) have no common timeline")
+    if not mid.ticks_per_beat or mid.ticks_per_beat <= 0:
+        raise BridgeError(f"{path.name}: SMPTE time division is not supported (need ticks per quarter note)")
     tpb = float(mid.ticks_per_beat)
-    events: list[tuple[int, Any]] = []
+    tempos: list[tuple[float, float]] = []
+    meters: list[tuple[float, int, int]] = []
+    raw: list[tuple[float, int, str, bytes]] = []
     end_tick = 0
-    for track in mid.tracks:
+    for index, track in enumerate(mid.tracks):
         tick = 0
         for msg in track:
             tick += msg.time
             end_tick = max(end_tick, tick)
-            if msg.is_meta and msg.type in ("set_tempo", "time_signature", "marker", "lyrics", "cue_marker"):
-                events.append((tick, msg))
-    events.sort(key=lambda e: e[0])
-    tempo_map: list[tuple[float, float]] = []
-    timesig: tuple[int, int] | None = None
-    markers: list[tuple[float, str]] = []
-    lyrics: list[tuple[float, str]] = []
-    cues: list[tuple[float, str]] = []
-    for tick, msg in events:
-        beat = tick / tpb
-        if msg.type == "set_tempo":
-            bpm = 60_000_000.0 / msg.tempo
-            if tempo_map and tempo_map[-1][0] == beat:
-                tempo_map[-1] = (beat, bpm)
-            else:
-                tempo_map.append((beat, bpm))
-        elif msg.type == "time_signature" and timesig is None:
-            timesig = (int(msg.numerator), int(msg.denominator))
-        elif msg.type == "marker":
-            markers.append((beat, msg.text.strip()))
-        elif msg.type == "lyrics":
-            lyrics.append((beat, msg.text))
-        else:
-            cues.append((beat, msg.text.strip()))
-    if not tempo_map or tempo_map[0][0] > 0:
-        tempo_map.insert(0, (0.0, 120.0))
+            if not msg.is_meta:
+                continue
+            beat = tick / tpb
+            if msg.type == "set_tempo":
+                if msg.tempo > 0:
+                    tempos.append((beat, 60_000_000.0 / msg.tempo))
+            elif msg.type == "time_signature":
+                if 1 <= msg.numerator <= 32 and msg.denominator in (1, 2, 4, 8, 16, 32):
+                    meters.append((beat, int(msg.numerator), int(msg.denominator)))
+                else:
+                    log.warning("%s: time signature %s/%s at beat %g is not usable; ignored", path.name,
+                                msg.numerator, msg.denominator, beat)
+            elif msg.type in _TEXT_TYPES:
+                raw.append((beat, index, msg.type, msg.text.encode("latin-1", errors="replace")))
+            elif msg.type in _NAME_TYPES:
+                raw.append((beat, index, msg.type, msg.name.encode("latin-1", errors="replace")))
+    texts, encoding = decode_texts([r[3] for r in raw])
+    events = sorted((_Text(b, i, t, s) for (b, i, t, _), s in zip(raw, texts)), key=lambda e: e.beat)
+    tempo_map = TempoMap.from_changes(tempos, meters)
     length = end_tick / tpb
-    plan = MidiPlan(str(path), tempo_map[0][1], tempo_map, timesig or (4, 4), [], cues, length)
-    if len(tempo_map) > 1 and length > 0:  # one bpm for the session: the average keeps the song's duration
-        plan.bpm = length * 60.0 / plan.seconds_at(length)
-    plan.sections = _sections(markers, lyrics, length, plan.timesig)
+    bpm = min(max(tempo_map.main_bpm(length), _SESSION_BPM[0]), _SESSION_BPM[1])
+    _, num, den = tempo_map.meters[0]
+    markers = [(e.beat, e.text.strip()) for e in events if e.type == "marker" and e.text.strip()]
+    cues = [(e.beat, e.text.strip()) for e in events if e.type == "cue_marker" and e.text.strip()]
+    lyrics = _lyric_syllables(events, karaoke=path.suffix.lower() == ".kar")
+    plan = MidiPlan(str(path), bpm, tempo_map, (num, den), [], cues, length, encoding)
+    plan.sections = _sections(markers, lyrics, length, tempo_map)
+    plan.syllables = len(lyrics)
+    log.info("%s: %d sections, %d syllables (%s), %d tempo and %d meter changes", path.name, len(plan.sections),
+             len(lyrics), encoding, len(tempo_map.tempos) - 1, len(tempo_map.meters) - 1)
     return plan
 
 
+def _lyric_syllables(events: list[_Text], karaoke: bool) -> list[tuple[float, str]]:
+    """The sung syllables: ``lyrics`` events, else karaoke ``text`` events (``@`` headers skipped).
+
+    Several tracks often carry the same words (one per voice); where their spans overlap only the
+    track with the most syllables is sung, tracks covering other parts of the song are added. Karaoke
+    words come from one track.
+    """
+    candidates = [e for e in events if e.type == "lyrics"]
+    single = False
+    if not candidates:
+        texts = [e for e in events if e.type == "text"]
+        if karaoke or any(e.text.startswith("@") for e in texts):
+            candidates = [e for e in texts if not e.text.startswith("@")]
+            single = True  # other text tracks of a .kar hold credits, not words
+    by_track: dict[int, list[_Text]] = {}
+    for e in candidates:
+        if not _EXTENDER.match(e.text.strip()) and e.text:
+            by_track.setdefault(e.track, []).append(e)
+    chosen: list[list[_Text]] = []
+    for track in sorted(by_track.values(), key=len, reverse=True):
+        lo, hi = track[0].beat, track[-1].beat
+        if not chosen or (not single and all(hi < t[0].beat or lo > t[-1].beat for t in chosen)):
+            chosen.append(track)
+        else:
+            log.info("lyrics of track %d overlap a longer lyric track; that one is sung", track[0].track)
+    return sorted(((e.beat, e.text) for t in chosen for e in t), key=lambda s: s[0])
+
+
 def _sections(markers: list[tuple[float, str]], lyrics: list[tuple[float, str]], length: float,
-              timesig: tuple[int, int]) -> list[PlannedSection]:
+              tempo_map: TempoMap) -> list[PlannedSection]:
+    """Sections from section-kind markers; lyrics outside them get ``verse`` sections of their own."""
     taken: set[str] = set()
-    sections: list[PlannedSection] = []
-    bounds = [b for b, _ in markers] + [length]
-    for i, (start, name) in enumerate(markers):
-        end = bounds[i + 1]
+    bounds: list[tuple[float, str | None, str]] = []  # (beat, kind or None for a stop, name)
+    for beat, name in markers:
         if name.lower() in _STOP_MARKERS:
-            continue
-        kind = _kind_of(name)
+            bounds.append((beat, None, name))
+        elif (kind := _kind_of(name)) is not None:
+            bounds.append((beat, kind, name))
+        else:
+            log.warning("marker %r at beat %g is not a section kind (%s); it starts no section", name, beat,
+                        ", ".join(SECTION_KINDS))
+    bounds.sort(key=lambda b: b[0])
+    sections: list[PlannedSection] = []
+    gaps: list[tuple[float, float]] = []
+    cursor = 0.0
+    for i, (start, kind, name) in enumerate(bounds):
+        end = bounds[i + 1][0] if i + 1 < len(bounds) else max(length, start)
+        if start > cursor:
+            gaps.append((cursor, start))
         if kind is None:
-            log.warning("marker %r at beat %g is not a section kind (%s); skipped", name, start, ", ".join(SECTION_KINDS))
-            continue
-        if end <= start:
-            end = start + timesig[0] * 4.0 / timesig[1] * 4  # a marker at the very end: four bars
-        sections.append(PlannedSection(_slug(name, taken), kind, start, end - start))
-    for sec in sections:
-        words = [text for beat, text in lyrics if sec.start_beats <= beat < sec.start_beats + sec.length_beats]
-        sec.lyrics = _join_syllables(words)
+            if end > start:
+                gaps.append((start, end))
+        else:
+            if end <= start:  # a marker at the very end: four bars
+                end = tempo_map.beat_of_bar(tempo_map.bar_at(start) + 4)
+            sections.append(PlannedSection(_slug(name, taken), kind, start, end - start))
+        cursor = max(cursor, end)
+    if cursor < length or not bounds:
+        gaps.append((cursor, max(length, cursor)))
+    for lo, hi in gaps:
+        inside = [(b, s) for b, s in lyrics if lo <= b < hi or (hi == length and b == hi)]
+        if inside:
+            sections.extend(_lyric_sections(inside, lo, hi, tempo_map, taken, song_start=not sections and lo == 0.0))
+    if not sections and length > 0:  # no markers, no words: the whole piece, so a song job gets its length
+        sections.append(PlannedSection("instrumental", "instrumental", 0.0, length))
+    sections.sort(key=lambda s: s.start_beats)
+    if len(sections) > MAX_SECTIONS:
+        raise BridgeError(f"the file makes {len(sections)} sections; a session holds at most {MAX_SECTIONS}", 413)
+    starts = [s.start_beats for s in sections]
+    words: list[list[str]] = [[] for _ in sections]
+    for beat, text in lyrics:
+        words[max(0, bisect.bisect_right(starts, beat) - 1)].append(text)
+    for sec, syllables in zip(sections, words):
+        sec.lyrics = _join_syllables(syllables)
     return sections
+
+
+def _lyric_sections(lyrics: list[tuple[float, str]], lo: float, hi: float, tempo_map: TempoMap, taken: set[str],
+                    song_start: bool) -> list[PlannedSection]:
+    """``verse`` sections for lyrics no marker covers: one per karaoke paragraph (``\\``), starting on
+    the bar line of its first syllable; an instrumental ``intro`` before the first words at the song's start."""
+    starts = [lo]
+    for beat, text in lyrics[1:]:
+        if text.startswith("\\"):
+            bar = max(tempo_map.bar_start(beat), lo)
+            if bar > starts[-1]:
+                starts.append(bar)
+    out: list[PlannedSection] = []
+    first_bar = max(tempo_map.bar_start(lyrics[0][0]), lo)
+    if song_start and first_bar > lo:
+        out.append(PlannedSection(_slug("intro", taken), "intro", lo, first_bar - lo))
+        starts[0] = first_bar
+        starts = [s for i, s in enumerate(starts) if i == 0 or s > first_bar]
+    bounds = starts + [max(hi, starts[-1] + 1.0)]
+    for a, b in zip(bounds, bounds[1:]):
+        out.append(PlannedSection(_slug("verse", taken), "verse", a, b - a))
+    return out
 
 
 def _join_syllables(syllables: list[str]) -> str:
@@ -186,20 +295,36 @@ def _join_syllables(syllables: list[str]) -> str:
     return "\n".join(lines)
 
 
-def apply_midi_plan(bridge: Any, plan: MidiPlan, *, job_prefix: str = "midi") -> list[str]:
-    """Set the session's tempo, time signature, sections and lyrics from ``plan`` and run its cues.
+def apply_midi_plan(bridge: Any, plan: MidiPlan, *, merge: bool = False, job_prefix: str = "midi") -> MidiImport:
+    """Make ``plan`` the session's grid, sections and lyrics, then run its cues.
 
+    By default the plan replaces the sections and lyrics there were (a second import must not pile
+    stale sections on the first); ``merge`` keeps them and overwrites same-named ones. Everything is
+    checked on a scratch copy first, so a file the session cannot take changes nothing.
     Cues: ``style: TEXT`` sets the style; ``generate`` (or ``song``) starts a whole-song job.
-    Returns the ids of the jobs started.
     """
-    bridge.set_tempo(round(plan.bpm, 3))
-    bridge.set_timesig(*plan.timesig)
+    current = bridge.require_session()
+    scratch = Session(project=current.project, daw=current.daw)
+    if merge:
+        for sec in current.sections.values():
+            scratch.define_section(sec.sec_id, sec.kind, sec.start_beats, sec.length_beats)
+        for sec_id, lines in current.lyrics.items():
+            scratch.set_lyrics(sec_id, "\n".join(lines))
+    scratch.set_tempo(round(plan.bpm, 3))
+    scratch.set_timesig(*plan.timesig)
     for sec in plan.sections:
-        bridge.define_section(sec.sec_id, sec.kind, sec.start_beats, sec.length_beats)
-        if sec.lyrics:
-            bridge.set_lyrics(sec.sec_id, sec.lyrics)
+        scratch.define_section(sec.sec_id, sec.kind, sec.start_beats, sec.length_beats)
+        scratch.set_lyrics(sec.sec_id, sec.lyrics)
+
+    def adopt(session: Session) -> None:
+        session.bpm, session.timesig = scratch.bpm, scratch.timesig
+        session.tempo_map = None if plan.tempo_map.is_constant else plan.tempo_map
+        session.sections, session.lyrics = scratch.sections, scratch.lyrics
+        session.chunks.clear()
+
+    bridge.update_session(adopt)
     jobs = []
-    for n, (_, text) in enumerate(plan.cues):
+    for _, text in plan.cues:
         command, _, arg = text.partition(":")
         command = command.strip().lower()
         if command == "style" and arg.strip():
@@ -213,10 +338,33 @@ def apply_midi_plan(bridge: Any, plan: MidiPlan, *, job_prefix: str = "midi") ->
             jobs.append(job_id)
         else:
             log.warning("%s: cue %r is not a command (style: TEXT, generate)", plan.source, text)
-    return jobs
+    return MidiImport(Path(plan.source).name, plan, jobs, merge)
 
 
-def import_midi_file(bridge: Any, path: str) -> list[str]:
+def imported_message(result: MidiImport) -> tuple[str, list]:
+    """``/dr2/midi/imported s:file i:sections i:syllables s:encoding s:json`` (the json lists the
+    section ids, bpm, tempo and meter changes and the jobs the cues started)."""
+    plan = result.plan
+    detail = {
+        "sections": [s.sec_id for s in plan.sections],
+        "bpm": round(plan.bpm, 3),
+        "timesig": list(plan.timesig),
+        "tempo_changes": len(plan.tempo_map.tempos) - 1,
+        "meter_changes": len(plan.tempo_map.meters) - 1,
+        "seconds": round(plan.seconds_at(plan.length_beats), 3),
+        "jobs": result.jobs,
+        "merged": result.merged,
+    }
+    return IMPORTED_ADDRESS, [result.source, len(plan.sections), plan.syllables, plan.encoding,
+                              json.dumps(detail, ensure_ascii=False)]
+
+
+def import_midi_path(bridge: Any, path: str | Path, *, merge: bool = False, job_prefix: str = "midi") -> MidiImport:
+    """Read and apply a MIDI file the caller already trusts (the watch folder's)."""
+    return apply_midi_plan(bridge, read_midi_file(path), merge=merge, job_prefix=job_prefix)
+
+
+def import_midi_file(bridge: Any, path: str, merge: bool = False) -> MidiImport:
     """``/dr2/midi/file``: read a MIDI file from inside the open project and apply it."""
     from dr2studio.bridge.paths import PathError, resolve_inside
 
@@ -227,4 +375,4 @@ def import_midi_file(bridge: Any, path: str) -> list[str]:
         raise BridgeError(str(exc), 403) from exc
     if resolved.suffix.lower() not in (".mid", ".midi", ".kar"):
         raise BridgeError(f"MIDI file {path!r} must end with .mid, .midi or .kar")
-    return apply_midi_plan(bridge, read_midi_file(resolved))
+    return import_midi_path(bridge, resolved, merge=merge)

@@ -144,7 +144,10 @@ def _routes(server: "OscServer") -> dict[str, _Route]:
         "/dr2/gen/options": _Route("if", "", b.set_options, "steps, cfg_strength"),
         "/dr2/take/commit": _Route("", "s", lambda j=None: b.commit(j) and None, "make a take the song (autocommit off)"),
         "/dr2/fx/preset": _Route("ss", "", b.set_fx, "stem, preset"),
-        "/dr2/midi/file": _Route("s", "", lambda p: server.import_midi(p), "import sections, lyrics and tempo from a .mid in the project"),
+        "/dr2/midi/file": _Route("s", "i", lambda p, merge=0: server.import_midi(p, bool(merge)),
+                                 "import sections, lyrics and tempo map from a .mid/.kar in the project; "
+                                 "merge 1 keeps the sections there are (default: replace them); "
+                                 "reply /dr2/midi/imported s:file i:sections i:syllables s:encoding s:json"),
     }
 
 
@@ -161,14 +164,15 @@ class OscServer:
     """UDP + TCP OSC servers in front of one :class:`~dr2studio.bridge.core.Bridge`.
 
     ``port`` 0 picks free ports (read :attr:`udp_port` / :attr:`tcp_port`). ``midi_import`` (set by
-    the CLI) handles ``/dr2/midi/file``.
+    the CLI) handles ``/dr2/midi/file``: ``midi_import(path, merge)`` returns a
+    :class:`~dr2studio.bridge.midifile.MidiImport`.
     """
 
     def __init__(self, bridge: Bridge, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, tcp: bool = True,
                  max_udp_bytes: int = MAX_UDP_BYTES, max_tcp_bytes: int = MAX_TCP_BYTES) -> None:
         self.bridge = bridge
         self.max_udp_bytes, self.max_tcp_bytes = max_udp_bytes, max_tcp_bytes
-        self.midi_import: Callable[[str], Any] | None = None
+        self.midi_import: Callable[[str, bool], Any] | None = None
         self._routes = _routes(self)
         self.dispatcher = Dispatcher(strict_timing=False)
         for address, route in self._routes.items():
@@ -345,10 +349,14 @@ class OscServer:
             if conn is not sender.tcp:
                 conn.send(data)
 
-    def import_midi(self, path: str) -> None:
+    def import_midi(self, path: str, merge: bool = False) -> tuple[str, list]:
+        """``/dr2/midi/file``: the import's summary goes to the sender and the subscribers, the same
+        ``/dr2/midi/imported`` event a watch-folder import sends."""
+        from dr2studio.bridge.midifile import imported_message
+
         if self.midi_import is None:
             raise BridgeError("MIDI file import is not available in this bridge")
-        self.midi_import(path)
+        return imported_message(self.midi_import(path, merge))
 
 
 # ---------------------------------------------------------------------------------------- transports

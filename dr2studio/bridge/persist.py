@@ -59,6 +59,10 @@ def restore_session(session: Session) -> bool:
             raise ValueError("not a dr2studio bridge session")
         session.set_tempo(float(state["bpm"]))
         session.set_timesig(*[int(v) for v in state["timesig"]])
+        if state.get("tempo_map"):
+            from dr2studio.tempomap import TempoMap
+
+            session.tempo_map = TempoMap.from_json(state["tempo_map"])
         session.style = state.get("style")
         for sec in state.get("sections", []):
             session.define_section(sec["sec_id"], sec["kind"], float(sec["start_beats"]), float(sec["length_beats"]))

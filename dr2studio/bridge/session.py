@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dr2studio.bridge.paths import PathError, check_name
+from dr2studio.tempomap import TempoMap
 
 __all__ = [
     "BridgeError",
@@ -97,7 +98,8 @@ def clean_lyrics(text: str, what: str) -> list[str]:
 @dataclasses.dataclass
 class Session:
     """One open project. ``song`` is the committed take the next continue/regenerate works on; its
-    sample 0 sits at ``origin_beats`` on the DAW timeline."""
+    sample 0 sits at ``origin_beats`` on the DAW timeline. ``tempo_map`` (set by a MIDI file with
+    tempo or meter changes) places beats in seconds; without one, ``bpm`` holds everywhere."""
 
     project: Path
     daw: str = "generic"
@@ -111,12 +113,14 @@ class Session:
     song: Any = None
     origin_beats: float = 0.0
     autocommit: bool = True
+    tempo_map: TempoMap | None = None
 
     # ---------------------------------------------------------------- grid
     def set_tempo(self, bpm: float) -> None:
         if not 20.0 <= bpm <= 999.0:
             raise BridgeError(f"tempo {bpm} bpm is outside 20..999")
         self.bpm = float(bpm)
+        self.tempo_map = None  # a tempo set by hand holds for the whole timeline
 
     def style_prompt(self) -> str | None:
         """The style text the model gets: the session's, with the session tempo added when it states none.
@@ -136,12 +140,28 @@ class Session:
         if not 1 <= num <= 32 or den not in (1, 2, 4, 8, 16, 32):
             raise BridgeError(f"time signature {num}/{den}: numerator 1..32, denominator a power of two up to 32")
         self.timesig = (int(num), int(den))
+        if self.tempo_map is not None:  # the tempo changes stay, the meter is now this one everywhere
+            self.tempo_map = TempoMap(self.tempo_map.tempos, ((0.0, int(num), int(den)),))
 
     def seconds(self, beats: float) -> float:
+        """Seconds from beat 0 to ``beats`` on the timeline (through the tempo map where there is one)."""
+        if self.tempo_map is not None:
+            return self.tempo_map.seconds_at(float(beats))
         return float(beats) * 60.0 / self.bpm
 
     def beats(self, seconds: float) -> float:
+        """The beat ``seconds`` after beat 0 (inverse of :meth:`seconds`)."""
+        if self.tempo_map is not None:
+            return self.tempo_map.beat_at(float(seconds))
         return float(seconds) * self.bpm / 60.0
+
+    def seconds_between(self, from_beats: float, to_beats: float) -> float:
+        """Duration of a stretch of the timeline: with tempo changes it depends on where it lies."""
+        return self.seconds(to_beats) - self.seconds(from_beats)
+
+    def beat_after(self, beats: float, seconds: float) -> float:
+        """The beat ``seconds`` after ``beats`` (where a take that starts at ``beats`` is after that long)."""
+        return self.beats(self.seconds(beats) + seconds)
 
     @property
     def beats_per_bar(self) -> float:
@@ -231,6 +251,7 @@ class Session:
             "daw": self.daw,
             "bpm": self.bpm,
             "timesig": list(self.timesig),
+            "tempo_map": self.tempo_map.to_json() if self.tempo_map is not None else None,
             "style": self.style,
             "sections": [dataclasses.asdict(s) for s in self.ordered_sections()],
             "lyrics": {k: "\n".join(v) for k, v in self.lyrics.items()},

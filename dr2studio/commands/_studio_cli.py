@@ -25,8 +25,12 @@ __all__ = [
     "model_options",
     "style_options",
     "sampling_options",
+    "instrumental_option",
+    "lyrics_coverage_of",
     "output_option",
     "inversion_option",
+    "match_level_option",
+    "length_of",
     "load_studio",
     "check_lyrics_file",
     "check_output",
@@ -62,7 +66,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except _user_error_types() as exc:
+        except Exception as exc:
+            from dr2studio.stack_check import explain_import_failure
+
+            broken = explain_import_failure(exc)  # a broken install: one line that names the fix
+            if broken is not None:
+                raise click.ClickException(broken.removeprefix("dr2studio: ")) from exc
+            if not isinstance(exc, _user_error_types()):
+                raise
             message = " ".join(str(exc).split()) or type(exc).__name__
             raise click.ClickException(message) from exc
 
@@ -130,6 +141,39 @@ def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--steps", type=click.IntRange(2, 1000), default=32, show_default=True,
                       help="Time-grid points per block (steps-1 Euler steps).")(fn)
     return fn
+
+
+def instrumental_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--instrumental``: condition on the structure tags only (lyrics the model cannot voice are refused otherwise)."""
+    return click.option("--instrumental", is_flag=True,
+                        help="Sing no lyric line: the model gets the structure tags only ([inst] if none). Without it, "
+                             "lyrics of which the model's phoneme table keeps no sung phone are refused.")(fn)
+
+
+def lyrics_coverage_of(song: Any) -> dict[str, Any] | None:
+    """The coverage record of the lyrics the last operation on ``song`` encoded (its newest edit's, else its own).
+
+    The studio logs the warning itself (on stderr through the CLI's logging); this is the ``--json`` field.
+    """
+    settings = song.settings if isinstance(song.settings, dict) else {}
+    edits = settings.get("edits") or []
+    if edits and isinstance(edits[-1], dict) and "lyrics_coverage" in edits[-1]:
+        return edits[-1]["lyrics_coverage"]
+    return settings.get("lyrics_coverage")
+
+
+def match_level_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--match-level/--no-match-level`` for extend and infill."""
+    return click.option("--match-level/--no-match-level", "match_level", default=True, show_default=True,
+                        help="Scale the new audio so the 3 s after the crossfade have the RMS level of the 3 s before it "
+                             "(--no-match-level keeps the model's own level).")(fn)
+
+
+def length_of(song: Any) -> dict[str, Any] | None:
+    """Requested vs delivered seconds and why they differ (``settings["length"]``), for ``--json``."""
+    settings = song.settings if isinstance(song.settings, dict) else {}
+    length = settings.get("length")
+    return length if isinstance(length, dict) else None
 
 
 def inversion_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -215,9 +259,12 @@ def progress_bar(quiet: bool) -> Iterator[Callable[[int, int, str], None]]:
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=1, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True)
+    bars: list[Any] = []  # drawn at the first update, so warnings and errors before it stay clean lines
 
     def update(done: int, total: int, stage: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=1, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True))
+        bar = bars[0]
         bar.total = max(int(total), 1)
         bar.set_description(stage, refresh=False)
         bar.n = min(int(done), bar.total)
@@ -226,7 +273,8 @@ def progress_bar(quiet: bool) -> Iterator[Callable[[int, int, str], None]]:
     try:
         yield update
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def _clean(value: Any) -> Any:
@@ -265,6 +313,8 @@ def song_result(song: Any, output: Path, studio: Any, seconds: float) -> dict[st
         "model": studio.fingerprint,
         "model_dir": str(studio.model_dir),
         "elapsed": round(seconds, 3),
+        "length": length_of(song),
+        "lyrics_coverage": lyrics_coverage_of(song),
     }
 
 

@@ -22,11 +22,15 @@ Examples:
 @click.argument("song_path", metavar="SONG", type=click.Path(path_type=Path))
 @click.option("--lyrics", "lyrics_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Lyrics of the new part (the song's own lyrics come from its sidecar).")
-@click.option("--seconds", type=float, default=30.0, show_default=True, help="Most seconds to add.")
+@click.option("--seconds", type=float, default=30.0, show_default=True,
+              help="Seconds to add (the song's end is held off until then; if the model still stops, "
+                   "a warning and the --json field 'length' say so).")
 @click.option("--crossfade", type=float, default=0.25, show_default=True,
               help="Equal-power crossfade length in seconds, ending at the splice block boundary.")
 @cli.style_options()
 @cli.sampling_options
+@cli.instrumental_option
+@cli.match_level_option
 @cli.inversion_option
 @cli.model_options
 @cli.output_option
@@ -35,8 +39,11 @@ def extend(song_path: Path, lyrics_path: Path, seconds: float, crossfade: float,
            style_audio: Path | None, style_embedding: Path | None, steps: int, cfg_strength: float,
            seed: int | None, inversion_steps: int | None, model: str | None, device: str | None,
            dtype: str | None, g2p_assets: Path | None,
-           output: Path, quiet: bool, as_json: bool) -> None:
+           output: Path, quiet: bool, as_json: bool, instrumental: bool = False, match_level: bool = True) -> None:
     """Continue SONG with new lyrics; the audio before the splice point is kept sample for sample.
+
+    OUTPUT keeps SONG's sample rate, channels and (for WAV/FLAC/AIFF) bit depth; the new audio is
+    resampled to it and, unless --no-match-level, brought to the level of the audio it continues.
 
     With a sidecar (SONG's .dr2.safetensors) the song continues from its exact latents and lyric
     context; without one, the audio is encoded first (VAE encoder, else decoder inversion) and a
@@ -56,10 +63,13 @@ def extend(song_path: Path, lyrics_path: Path, seconds: float, crossfade: float,
     longer, elapsed = cli.render_and_save(
         lambda progress: studio.extend(song, lyrics_path, seconds, style=style, steps=steps, cfg_strength=cfg_strength,
                                        seed=seed, crossfade=crossfade, progress=progress,
-                                       inversion_steps=inversion_steps, tempo=tempo),
+                                       inversion_steps=inversion_steps, tempo=tempo, instrumental=instrumental,
+                                       match_level=match_level),
         output, quiet)
     edit = longer.settings["edits"][-1]
     result = cli.song_result(longer, output, studio, elapsed)
     result.update(input=str(song_path.resolve()), splice=edit["splice"], crossfade=edit["crossfade"],
-                  added_frames=edit["new_frames"], latents_from=edit["latents_from"], edit_seed=edit["seed"])
-    cli.emit(result, as_json, f"{output} ({longer.duration:.1f} s; new audio from {edit['splice']:.2f} s)")
+                  added_frames=edit["new_frames"], added_seconds=edit["added_seconds"], requested_seconds=seconds,
+                  level_match_db=edit["level_match_db"], latents_from=edit["latents_from"], edit_seed=edit["seed"])
+    cli.emit(result, as_json, f"{output} ({longer.duration:.1f} s; {edit['added_seconds']:.2f} of {seconds:g} s added, "
+                              f"new audio from {edit['splice']:.2f} s)")

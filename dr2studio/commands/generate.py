@@ -24,8 +24,13 @@ Examples:
               help="Lyrics file (plain text or LRC, with [verse]/[chorus]/... tags).")
 @cli.style_options()
 @click.option("--duration", type=float, required=True, metavar="SECONDS",
-              help="Maximum length in seconds (the model may end the song earlier).")
+              help="Length in seconds. The model may end the song earlier: then a warning on stderr and the "
+                   "--json field 'length' say where and why (or use --full-length).")
+@click.option("--full-length", is_flag=True,
+              help="Hold the end of the song off: drop the end-of-song frames the model samples and go on until "
+                   "--duration is reached.")
 @cli.sampling_options
+@cli.instrumental_option
 @click.option("--stereo", is_flag=True, help="Write pseudo-stereo (right = 0.8 x left delayed 10 ms), as the release does.")
 @cli.model_options
 @cli.output_option
@@ -33,7 +38,7 @@ Examples:
 def generate(lyrics_path: Path, style_text: str | None, style_audio: Path | None, style_embedding: Path | None,
              duration: float, steps: int, cfg_strength: float, seed: int | None, stereo: bool, model: str | None,
              device: str | None, dtype: str | None, g2p_assets: Path | None, output: Path, quiet: bool,
-             as_json: bool) -> None:
+             as_json: bool, instrumental: bool = False, full_length: bool = False) -> None:
     """Generate a song from a lyrics file and a style; writes OUTPUT and its .dr2.safetensors sidecar."""
     from dr2studio.studio import MAX_SECONDS
 
@@ -47,8 +52,11 @@ def generate(lyrics_path: Path, style_text: str | None, style_audio: Path | None
     style = studio.style_embedding(style) if style is not None else None  # fail before any progress
     song, elapsed = cli.render_and_save(
         lambda progress: studio.generate(lyrics_path, style, duration, steps=steps, cfg_strength=cfg_strength,
-                                         seed=seed, progress=progress, stereo=stereo, tempo=tempo),
+                                         seed=seed, progress=progress, stereo=stereo, tempo=tempo,
+                                         instrumental=instrumental, full_length=full_length),
         output, quiet)
     result = cli.song_result(song, output, studio, elapsed)
-    result.update(steps=steps, cfg_strength=cfg_strength, stereo=stereo, requested_duration=duration)
-    cli.emit(result, as_json, f"{output} ({song.duration:.1f} s, seed {song.seed})")
+    result.update(steps=steps, cfg_strength=cfg_strength, stereo=stereo, requested_duration=duration,
+                  full_length=full_length)
+    short = " (ended early by the model; see the warning)" if (result["length"] or {}).get("ended_early") else ""
+    cli.emit(result, as_json, f"{output} ({song.duration:.1f} s of {duration:g} s{short}, seed {song.seed})")

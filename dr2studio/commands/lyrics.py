@@ -1,4 +1,8 @@
-"""``dr2studio lyrics FILE --model DIR``: show the sections and the phones the model will hear."""
+"""``dr2studio lyrics FILE [--model DIR]``: show the sections and the phones the model will hear.
+
+Like every other command it uses the shipped demo model when no ``--model`` is given (and says so on
+stderr), and it reports what the model's phoneme table drops, per language, on stderr and in ``--json``.
+"""
 from __future__ import annotations
 
 import json
@@ -9,27 +13,58 @@ import click
 __all__ = ["lyrics"]
 
 
-def _model_dir(model: str) -> Path:
+def _model_dir(model: str | None, quiet: bool) -> Path:
+    """The model folder whose phoneme table is used: ``model``, else the shipped demo model (said on stderr)."""
     from dr2studio.checkpoints import CheckpointError, resolve_model_dir
+    from dr2studio.commands._studio_cli import DEMO_MODEL
 
+    if model is None:
+        if not (DEMO_MODEL / "vocab.json").is_file():
+            raise click.ClickException(
+                "no --model given and no demo model is installed: pass --model DIR, --vocab PATH or set DR2STUDIO_MODEL"
+            )
+        if not quiet:
+            click.echo(f"dr2studio: using the phoneme table of {DEMO_MODEL} (shipped demo model, English only)",
+                       err=True)
+        return DEMO_MODEL
     try:
         return resolve_model_dir(model)
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
+def _table_label(model_dir: Path | None, vocab_path: Path | None) -> str:
+    from dr2studio.commands._studio_cli import DEMO_MODEL
+
+    if vocab_path is not None:
+        return str(vocab_path)
+    if model_dir is not None and model_dir.resolve() == DEMO_MODEL.resolve():
+        return "the shipped demo model (English only)"
+    return str(model_dir)
+
+
 @click.command("lyrics")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", "model", metavar="DIR", help="Model directory (or hub id) whose vocab.json is used.")
+@click.option("--model", "model", metavar="DIR|REPO", envvar="DR2STUDIO_MODEL",
+              help="Model directory or hub id whose vocab.json is used (env DR2STUDIO_MODEL; default: the shipped "
+                   "demo model).")
 @click.option("--vocab", "vocab_path", type=click.Path(path_type=Path), help="Phoneme table (overrides the model's).")
 @click.option(
     "--g2p-assets",
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder with the released Mandarin G2P data (default: MODEL/g2p, else a pypinyin fallback).",
 )
+@click.option("--instrumental", is_flag=True, help="Show the tokens an instrumental gets (structure tags only).")
+@click.option("-q", "--quiet", is_flag=True, help="No status lines on stderr (warnings still show).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def lyrics(file: Path, model: str | None, vocab_path: Path | None, g2p_assets: Path | None, as_json: bool) -> None:
-    """Parse FILE (plain lyrics or LRC) and print each section with the phones of every line."""
+def lyrics(file: Path, model: str | None, vocab_path: Path | None, g2p_assets: Path | None, instrumental: bool,
+           quiet: bool, as_json: bool) -> None:
+    """Parse FILE (plain lyrics or LRC) and print each section with the phones of every line.
+
+    Phones the model's table lacks are dropped (as the model will never hear them); the summary on stderr
+    says how many, in which language. Lyrics that keep no sung phone are what generate refuses without
+    --instrumental.
+    """
     from dr2studio.lyrics import (
         EspeakMissingError,
         G2PAssetsError,
@@ -38,11 +73,13 @@ def lyrics(file: Path, model: str | None, vocab_path: Path | None, g2p_assets: P
         parse_lyrics_file,
         resolve_g2p_assets,
     )
+    from dr2studio.lyrics.coverage import lyrics_coverage
     from dr2studio.lyrics.g2p import LyricsG2P
+    from dr2studio.lyrics.vocab import STOP_ID, TAG_IDS
 
-    if model is None and vocab_path is None:
-        raise click.ClickException("give --model DIR (its vocab.json is the phoneme table) or --vocab PATH")
-    model_dir = _model_dir(model) if model is not None else None
+    if not file.is_file():
+        raise click.ClickException(f"lyrics file not found: {file}")
+    model_dir = _model_dir(model, quiet) if vocab_path is None or model is not None else None
     try:
         doc = parse_lyrics_file(file)
         assets = resolve_g2p_assets(g2p_assets, model_dir)
@@ -50,16 +87,28 @@ def lyrics(file: Path, model: str | None, vocab_path: Path | None, g2p_assets: P
         lines = g2p.encode_document(doc)
     except (LyricsError, VocabError, G2PAssetsError, EspeakMissingError) as exc:
         raise click.ClickException(str(exc)) from exc
+    coverage = lyrics_coverage(lines, source=doc.source, table=_table_label(model_dir, vocab_path),
+                               instrumental=instrumental)
     mandarin = g2p.mandarin_mode
-    tokens = [i for line in lines for i in line.ids]
+    if instrumental:
+        tokens = [i for line in lines if line.is_tag for i in line.ids] or [TAG_IDS["inst"], STOP_ID]
+    else:
+        tokens = [i for line in lines for i in line.ids]
     if as_json:
-        click.echo(json.dumps(_as_dict(doc, lines, tokens, mandarin), ensure_ascii=False, indent=1))
+        click.echo(json.dumps(_as_dict(doc, lines, tokens, mandarin, coverage.to_dict()), ensure_ascii=False,
+                              indent=1))
     else:
         _print_text(doc, lines)
-    click.echo(f"{len(tokens)} tokens, {len(doc.sections)} sections; Mandarin G2P: {mandarin}", err=True)
+    if coverage.nothing_to_sing and not instrumental:
+        click.echo(f"dr2studio: warning: {coverage.refusal()} (generate, extend and infill refuse these lyrics)",
+                   err=True)
+    elif coverage.any_dropped:
+        click.echo(f"dr2studio: warning: {coverage.summary()}", err=True)
+    if not quiet:
+        click.echo(f"{len(tokens)} tokens, {len(doc.sections)} sections; Mandarin G2P: {mandarin}", err=True)
 
 
-def _as_dict(doc, lines, tokens, mandarin) -> dict:
+def _as_dict(doc, lines, tokens, mandarin, coverage) -> dict:
     sections = []
     by_section: dict[int, list] = {}
     for line in lines:
@@ -78,7 +127,7 @@ def _as_dict(doc, lines, tokens, mandarin) -> dict:
             }
         )
     return {"source": doc.source, "metadata": doc.metadata, "mandarin_g2p": mandarin, "sections": sections,
-            "tokens": tokens}
+            "tokens": tokens, "lyrics_coverage": coverage}
 
 
 def _print_text(doc, lines) -> None:

@@ -20,7 +20,9 @@ Examples:
 Shipped presets: balanced (default), clean, broadcast, loud. Copy one from dr2studio/presets/ to edit it.
 Ableton takes go to DIR/Samples/Imported/dr2/<take>/, Reaper takes to the project's media folder
 (RECORD_PATH of the .rpp, else DIR/Media) under dr2/<take>/, generic takes to DIR/dr2/<take>/.
-DIR/dr2studio.json lists every take: files, timeline position, lyrics, seed and settings.
+DIR/dr2studio.json lists every take: files, timeline position (position_seconds), rate, lyrics, seed,
+settings and per-stem loudness (target and measured); its fields are described in docs/manifest.md.
+An effect that cannot run at the project rate (an EQ band above Nyquist) is skipped and noted there.
 """
 
 
@@ -35,7 +37,8 @@ DIR/dr2studio.json lists every take: files, timeline position, lyrics, seed and 
 @click.option("--separator-weights", type=click.Path(path_type=Path), metavar="FILE",
               help="Local copy of the Hybrid Demucs weights (hdemucs_high_trained.pt); default: torch hub cache/download.")
 @click.option("--sample-rate", type=click.IntRange(8000, 192000), metavar="HZ",
-              help="Project sample rate (default: the song's).")
+              help="Project sample rate (default: the project's: its first take's, a REAPER .rpp's SAMPLERATE, "
+                   "else 48000). Stems are resampled to it before the effects run.")
 @click.option("--lufs", type=click.FloatRange(-60.0, 0.0), metavar="LUFS",
               help="Loudness target per stem (default: the preset's, -14 for most).")
 @click.option("--position", type=click.FloatRange(min=0.0), default=0.0, show_default=True, metavar="SECONDS",
@@ -63,7 +66,8 @@ def stems(song_path: Path, project: Path, daw: str, preset: str, separate: bool,
     started = time.perf_counter()
     with progress_bar(quiet) as progress:
         entry = export_stems(song, layout.root, daw=daw, preset=chosen, separate=separate, sample_rate=sample_rate,
-                             loudness_lufs=lufs, position=position, take=take, separator=separator, progress=progress)
+                             loudness_lufs=lufs, position=position, take=take, separator=separator, progress=progress,
+                             origin="cli")
     entry = dict(entry, project=str(layout.root), manifest=str(layout.manifest_path),
                  elapsed=round(time.perf_counter() - started, 3))
     files = ", ".join(entry["files"].values())

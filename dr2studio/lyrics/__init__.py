@@ -2,10 +2,12 @@
 
 ``parse_lyrics`` / ``parse_lyrics_file`` give a :class:`LyricsDocument` (sections of lines);
 ``encode_lyrics`` gives the flat token ids of the released tokenisation; ``lyrics_phonemes`` shows the
-phones per line. Heavy dependencies (phonemizer, jieba, onnxruntime) load on first use.
+phones per line; ``lyrics_coverage`` says how much of them the model's phoneme table keeps, per
+language. Heavy dependencies (phonemizer, jieba, onnxruntime) load on first use.
 """
 from __future__ import annotations
 
+from dr2studio.lyrics.coverage import LanguageCoverage, LineCoverage, LyricsCoverage, lyrics_coverage
 from dr2studio.lyrics.english import EspeakMissingError, espeak_version
 from dr2studio.lyrics.g2p import (
     EncodedLine,
@@ -33,7 +35,10 @@ __all__ = [
     "EncodedLine",
     "EspeakMissingError",
     "G2PAssetsError",
+    "LanguageCoverage",
+    "LineCoverage",
     "LinePhones",
+    "LyricsCoverage",
     "LyricsDocument",
     "LyricsError",
     "LyricsG2P",
@@ -49,6 +54,7 @@ __all__ = [
     "espeak_version",
     "load_mandarin_assets",
     "load_vocab",
+    "lyrics_coverage",
     "lyrics_phonemes",
     "parse_lyrics",
     "parse_lyrics_file",

@@ -84,6 +84,8 @@ class LinePhones:
     ids: tuple[int, ...]  # their token ids (vocab index + 1); no trailing [stop]
     dropped: tuple[str, ...]  # non-empty parts of ``raw`` that are not in the vocab
     segments: tuple[tuple[str, str], ...]
+    #: every non-empty part of ``raw`` as ``(phone, language, in the table)``: what coverage counts
+    parts: tuple[tuple[str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class EncodedLine:
     phones: tuple[str, ...]
     ids: tuple[int, ...]
     dropped: tuple[str, ...] = ()
+    parts: tuple[tuple[str, str, bool], ...] = ()  # see :attr:`LinePhones.parts`; empty for tags
 
 
 def resolve_g2p_assets(g2p_assets: str | os.PathLike | None, model_dir: str | os.PathLike | None = None) -> Path | None:
@@ -130,6 +133,11 @@ def _warn_fallback(reason: str) -> None:
             )
 
 
+def _has_mandarin_phones(vocab: PhonemeVocab) -> bool:
+    """Whether the table holds tone-marked (Mandarin) phones, as the released one does."""
+    return any(ch in phone for phone in vocab.index for ch in "→↑↓")
+
+
 class LyricsG2P:
     """Line and song tokeniser over one phoneme table and one Mandarin front end.
 
@@ -148,7 +156,11 @@ class LyricsG2P:
         with self._lock:
             if self._mandarin is None:
                 if self.g2p_assets is None:
-                    _warn_fallback("no --g2p-assets folder was given")
+                    if _has_mandarin_phones(self.vocab):
+                        _warn_fallback("no --g2p-assets folder was given")
+                    else:  # the table cannot voice Mandarin anyway; the lyrics' coverage says so
+                        log.info("Mandarin lyrics use the pypinyin fallback; %s holds no Mandarin phones",
+                                 self.vocab.source)
                     self._mandarin = MandarinG2P(None)
                 else:
                     self._mandarin = MandarinG2P(load_mandarin_assets(self.g2p_assets))
@@ -171,17 +183,23 @@ class LyricsG2P:
         text = text.strip()
         segments = segment_line(text)
         raw = ""
+        tagged: list[tuple[str, str]] = []  # (phone, language) per non-empty part of raw
         for i, (seg, lang) in enumerate(segments):
             if lang == "other":
                 lang = default_language
-            raw += self._convert(seg, lang) + "|"
+            converted = self._convert(seg, lang)
+            raw += converted + "|"
+            tagged += [(p, lang) for p in converted.split("|") if p]
             if lang == "en" and i == len(segments) - 1 and raw.endswith("_|"):
                 raw = raw[:-2]
+                if tagged and tagged[-1][0] == "_":
+                    tagged.pop()
         parts = raw.split("|")
         phones = tuple(p for p in parts if p in self.vocab)
         dropped = tuple(p for p in parts if p and p not in self.vocab)
         ids = tuple(self.vocab.token_id(p) for p in phones)
-        return LinePhones(text, raw, phones, ids, dropped, tuple(segments))
+        info = tuple((p, lang, p in self.vocab) for p, lang in tagged)
+        return LinePhones(text, raw, phones, ids, dropped, tuple(segments), info)
 
     def encode_document(self, doc: LyricsDocument) -> list[EncodedLine]:
         """Every tag and lyric line of ``doc`` with its ids; lines with nothing to sing are left out."""
@@ -197,8 +215,10 @@ class LyricsG2P:
                     log.warning("%s: nothing to sing in lyric line %r; it is left out", doc.source or "lyrics", text)
                     continue
                 if not lp.ids:  # e.g. a lone 不: the reference keeps the bare [stop]
-                    log.warning("%s: lyric line %r has no phones in the table; only [stop] is kept", doc.source or "lyrics", text)
-                out.append(EncodedLine(section, text, False, lp.phones + ("[stop]",), lp.ids + (STOP_ID,), lp.dropped))
+                    # info: the lyrics' coverage (dr2studio.lyrics.coverage) warns once for all such lines
+                    log.info("%s: lyric line %r has no phones in the table; only [stop] is kept", doc.source or "lyrics", text)
+                out.append(EncodedLine(section, text, False, lp.phones + ("[stop]",), lp.ids + (STOP_ID,), lp.dropped,
+                                       lp.parts))
         return out
 
 
