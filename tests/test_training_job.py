@@ -1,4 +1,8 @@
-"""`ray job submit` against a `ray start --head` cluster runs a training stage end to end."""
+"""The Ray commands of docs/training.md, for real: `ray start --head` and `ray job submit` a stage.
+
+As a user without the venv activated: PATH has no `python` with torch, HOME is fresh (so the auth token
+is this test's), `RAY_AUTH_MODE=token` with a token from `ray get-auth-token --generate`.
+"""
 from __future__ import annotations
 
 import json
@@ -26,7 +30,8 @@ def _free_port() -> int:
 
 
 def _start_head(bin_dir: Path, env: dict[str, str], temp: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """``ray start --head --block`` on fresh ports; returns once the node reports it is up."""
+    """``ray start --head`` (+ ``--block``, so the test can stop exactly this cluster: ``ray stop`` would stop
+    every Ray on the machine) on fresh ports; returns once the node reports it is up."""
     dash = _free_port()
     ports = ("port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
              "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")
@@ -57,13 +62,18 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture()
 def head_cluster(tmp_path):
-    """A private head node (own ports, own temp dir), stopped by signalling its `--block` process.
+    """A private head node (own ports, own temp dir, own HOME), stopped by signalling its `--block` process.
 
     Ray gives a starting node 30 s to register; on a busy machine that can fail, so it tries again."""
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_worker_niceness="0",
-               RAY_AUTH_MODE="token")  # the default for new clusters; the client must say so too
-    env.pop("RAY_ADDRESS", None)
+    home = tmp_path / "home"
+    home.mkdir()
+    # no venv on PATH (its `ray` is called by path, as in the docs); Ray's auth as the docs set it up
+    env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "RAY_AUTH_MODE": "token",
+           "RAY_worker_niceness": "0", "LANG": "C.UTF-8"}
+    token = subprocess.run([str(bin_dir / "ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert token.returncode == 0 and (home / ".ray" / "auth_token").is_file(), token.stderr[-2000:]
     temp = Path("/tmp") / f"rayjob-{os.getpid()}"  # short: unix socket paths are length-limited
     log = tmp_path / "head.log"
     proc = None
@@ -81,24 +91,41 @@ def head_cluster(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_the_vae_stage(head_cluster, tmp_path):
-    address, env = head_cluster
-    work = tmp_path / "job"  # the working dir a user would pass (here: just the training package)
-    shutil.copytree(REPO / "training", work / "training", ignore=shutil.ignore_patterns("__pycache__", "configs", "recipes"))
-    runs = tmp_path / "runs"
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(work),
-           "--", "python", "training/vae.py", "--smoke", "--storage-path", str(runs), "--name", "job",
-           "--max-steps", "6", "--set", "checkpoint_every=3"]
+def _submit(address: str, env: dict[str, str], *entrypoint: str) -> subprocess.CompletedProcess:
+    """The documented `ray job submit --working-dir . --runtime-env-json "$(...runtime_env.py)" -- ...`."""
+    bin_dir = Path(sys.executable).parent
+    runtime_env = subprocess.run([str(bin_dir / "python"), "training/runtime_env.py"], cwd=REPO, env=env,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    cmd = [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+           "--runtime-env-json", runtime_env, "--", *entrypoint]
     deadline = time.time() + 120
     while True:  # the dashboard answers before the node's job agent is up; submitting then is refused
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         if "No available agent" not in done.stderr + done.stdout or time.time() > deadline:
-            break
+            return done
         time.sleep(3)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "succeeded" in done.stdout + done.stderr
+
+
+def test_ray_job_submit_runs_a_stage_as_documented(head_cluster, tmp_path):
+    address, env = head_cluster
+    runs = tmp_path / "runs"
+    stage = ["python", "training/block_fm.py", "--smoke", "--storage-path", str(runs), "--name", "job",
+             "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "report_every=2"]
+    done = _submit(address, env, *stage)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "succeeded" in out, out[-4000:]
     steps = [json.loads(line)["step"] for line in (runs / "job" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
-    assert (runs / "job" / "checkpoint_00000006" / "meta.json").is_file()
-    assert (runs / "job" / "export" / "encoder.safetensors").is_file()
-    assert (runs / "job" / "export" / "decoder.safetensors").is_file()
+    assert steps == [1, 2, 3, 4]
+    assert (runs / "job" / "checkpoint_00000004" / "meta.json").is_file()
+    record = json.loads((runs / "job" / "dr2run.json").read_text())
+    assert record["stage"] == "BlockFMTrainConfig"
+    export = runs / "job" / "export"
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in export.iterdir()}
+    assert set(modes) == {"model.json", "model.safetensors", "dr2studio.json"}
+    assert set(modes.values()) == {"0o644"}, modes  # the group can load the model (safetensors alone: 0600)
+
+    # the same name with other settings is someone else's run: refused, with the reason, not resumed
+    done = _submit(address, env, *stage, "--set", "lr=0.5")
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "has other settings (lr: 0.002 -> 0.5)" in out and "--resume" in out, out[-4000:]
+    assert [json.loads(line)["step"] for line in (runs / "job" / "metrics.jsonl").read_text().splitlines()] == steps

@@ -1,7 +1,10 @@
 """Training plumbing without Ray: configs, CLI precedence, checkpoints, export, start from released weights."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +170,66 @@ def test_a_fine_tuned_dit_keeps_the_record_of_the_run_it_started_from(tmp_path):
     assert info["run"] == "second" and info["step"] == 1500 and info["init_from"] == str(first)
     assert info["tempo_clock"] == [1.0] and info["previous"] == {"run": "first", "step": 3000}
     assert "previous" not in block_fm.stage_info(block_fm.BlockFMTrainConfig(name="fresh"), 10)
+
+
+def test_a_run_name_taken_by_another_user_stage_or_config_is_refused_unless_resume(tmp_path, monkeypatch):
+    """Ray resumes any run folder of the same name: the record in it keeps people off each other's runs."""
+    cfg, _ = common.parse_args(block_fm.BlockFMTrainConfig, block_fm.smoke_config,
+                               ["--smoke", "--storage-path", str(tmp_path), "--name", "shared"])
+    record = common.claim_run(cfg)
+    assert record == tmp_path / "shared" / common.RUN_RECORD and json.loads(record.read_text())["stage"] == "BlockFMTrainConfig"
+    # the same run started again, longer or on more workers, continues
+    for change in ({}, {"max_steps": 500, "decay_steps": 50, "num_workers": 4, "checkpoint_every": 7}):
+        assert common.claim_run(dataclasses.replace(cfg, **change)) == record
+    with pytest.raises(common.RunClaimError, match=rf"has other settings \(lr: {cfg.lr} -> 0.5\): .*--resume"):
+        common.claim_run(dataclasses.replace(cfg, lr=0.5))
+    with pytest.raises(SystemExit, match="is a BlockFMTrainConfig run, not VAETrainConfig"):
+        common.claim_run(vae.VAETrainConfig(name="shared", storage_path=str(tmp_path)))
+    monkeypatch.setattr(common, "_owner", lambda: "bob")
+    with pytest.raises(SystemExit, match=r"was started by '.+', not 'bob'"):
+        common.claim_run(cfg)
+    resumed, _ = common.parse_args(block_fm.BlockFMTrainConfig, block_fm.smoke_config,
+                                   ["--smoke", "--storage-path", str(tmp_path), "--name", "shared", "--resume",
+                                    "--set", "lr=0.5"])
+    assert resumed.resume and common.claim_run(resumed) == record  # an explicit --resume continues it
+    assert json.loads(record.read_text())["owner"] != "bob"  # and it stays the first owner's run
+    # a folder with checkpoints from before the record existed needs --resume too
+    (tmp_path / "old" / "checkpoint_00000010").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="has checkpoints but no dr2run.json"):
+        common.claim_run(dataclasses.replace(cfg, name="old"))
+    assert common.claim_run(dataclasses.replace(cfg, name="old", resume=True)).is_file()
+
+
+def test_exports_and_checkpoints_are_readable_by_the_group(tmp_path):
+    """safetensors writes through a private temp file (0600); what we export gets the umask's mode."""
+    old = os.umask(0o022)
+    try:
+        model = torch.nn.Linear(3, 2)
+        opt = common.make_optimizer(model.parameters(), common.TrainConfig())
+        common.save_checkpoint(tmp_path / "ckpt", modules={"net": model}, optimizers={"adamw": (model, opt)},
+                               schedulers={}, step=1, position=DataPosition(0, 1), config=common.TrainConfig())
+        cfg = block_fm.smoke_config()
+        out = export_dit(block_fm.build_dit(cfg).state_dict(), cfg.dit_config(), tmp_path / "out")
+        files = [*(tmp_path / "ckpt").rglob("*.*"), *out.iterdir()]
+        assert {p.name for p in files} >= {"net.safetensors", "meta.json", "model.safetensors", "dr2studio.json"}
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o644" for p in files}
+        os.umask(0o027)  # a stricter umask is kept: group-readable, not world-readable
+        assert common.default_file_mode() == 0o640
+        (tmp_path / "keep").write_text("x")
+        os.chmod(tmp_path / "keep", 0o600)
+        common.make_group_readable(tmp_path / "keep", tmp_path / "missing")
+        assert (tmp_path / "keep").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_job_runtime_env_names_this_venv_without_resolving_its_symlink(tmp_path):
+    import sys
+
+    from training.runtime_env import job_runtime_env, main
+
+    env = job_runtime_env()
+    assert env["py_executable"] == str(Path(sys.executable).absolute())  # the venv's python, not its target
+    assert env["env_vars"]["PATH"] == f"{Path(sys.executable).absolute().parent}:${{PATH}}"  # Ray expands ${PATH}
+    with pytest.raises(SystemExit, match="is not an executable Python interpreter"):
+        main(["--python", str(tmp_path / "nope")])

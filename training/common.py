@@ -61,6 +61,11 @@ __all__ = [
     "fit",
     "run_dir",
     "read_metrics",
+    "RUN_RECORD",
+    "RunClaimError",
+    "claim_run",
+    "default_file_mode",
+    "make_group_readable",
 ]
 
 log = logging.getLogger("dr2studio.training")
@@ -97,6 +102,7 @@ class TrainConfig(JsonConfig):
     activation_checkpointing: bool = True  # applied on GPU only (CPU runs are tiny)
     export_dir: str = ""  # where the final model directory goes ("" = <run dir>/export)
     kill_at_step: int = 0  # fault injection: rank 1 kills itself once at this step (tests resume)
+    resume: bool = False  # continue a run started by another user or with another config (see claim_run)
 
     def validate(self) -> None:
         if self.strategy not in ("ddp", "fsdp"):
@@ -267,6 +273,7 @@ def save_checkpoint(
     (directory / "models").mkdir(parents=True, exist_ok=True)
     for name, sd in states.items():
         save_file(sd, str(directory / "models" / f"{name}.safetensors"))
+    make_group_readable(directory / "models")  # safetensors writes 0600 (a private temp file renamed)
     torch.save(
         {"optimizers": opt_states, "schedulers": {k: s.state_dict() for k, s in schedulers.items()}},
         directory / "state.pt",
@@ -473,6 +480,8 @@ def parse_args(
     p.add_argument("--config", type=Path, help="JSON config file (a dataclass dump; unknown keys kept)")
     p.add_argument("--smoke", action="store_true", help="tiny config and synthetic data: a CPU check of the stage")
     p.add_argument("--name", help="run name (restarting the same name resumes from its newest checkpoint)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the named run even if another user or another config started it")
     p.add_argument("--storage-path", help="where runs live (local folder or a cluster-shared URI)")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None)
@@ -496,7 +505,8 @@ def parse_args(
         except json.JSONDecodeError:
             data[key] = value
     for flag, key in (("name", "name"), ("storage_path", "storage_path"), ("num_workers", "num_workers"),
-                      ("use_gpu", "use_gpu"), ("max_steps", "max_steps"), ("export_dir", "export_dir")):
+                      ("use_gpu", "use_gpu"), ("max_steps", "max_steps"), ("export_dir", "export_dir"),
+                      ("resume", "resume")):
         if getattr(args, flag) is not None:
             data[key] = getattr(args, flag)
     try:
@@ -534,7 +544,7 @@ def fit(train_fn: Callable[[dict], None], cfg: TrainConfig) -> Any:
 
     Connects to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``) or starts a local
     instance. Restarting with the same ``name`` and ``storage_path`` resumes from the newest
-    checkpoint of that run.
+    checkpoint of that run, once :func:`claim_run` has checked that it is the same run.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -543,6 +553,7 @@ def fit(train_fn: Callable[[dict], None], cfg: TrainConfig) -> Any:
     import training
     from ray import cloudpickle
 
+    claim_run(cfg)
     # ship the training package with the function, so workers need only dr2studio installed
     cloudpickle.register_pickle_by_value(training)
     if not ray.is_initialized():
@@ -569,3 +580,122 @@ def fit(train_fn: Callable[[dict], None], cfg: TrainConfig) -> Any:
 def export_dir(cfg: TrainConfig) -> Path:
     """Where the final model directory goes: ``export_dir`` or ``<run dir>/export``."""
     return Path(os.path.expanduser(cfg.export_dir)).resolve() if cfg.export_dir else run_dir(cfg) / "export"
+
+
+# --------------------------------------------------------------------------- run ownership and file modes
+
+#: the record in a run folder of who started the run, with which stage and which settings
+RUN_RECORD = "dr2run.json"
+
+#: fields that may change between starts of one run: how long, where and on what it runs, how often it
+#: checkpoints; everything else (model, data, optimiser, seed) defines the run
+CONTINUATION_FIELDS = frozenset({
+    "name", "storage_path", "max_steps", "decay_steps", "num_workers", "use_gpu", "strategy", "checkpoint_every",
+    "report_every", "num_to_keep", "max_failures", "kill_at_step", "export_dir", "resume",
+})
+
+
+class RunClaimError(SystemExit):
+    """A run name already used by another user, another stage or another configuration."""
+
+
+def _owner() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return f"uid {os.getuid()}"
+
+
+def _run_settings(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in sorted(cfg.to_dict().items()) if k not in CONTINUATION_FIELDS}
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 4) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    shown = [f"{k}: {json.dumps(old.get(k))[:40]} -> {json.dumps(new.get(k))[:40]}" for k in keys[:limit]]
+    return "; ".join(shown) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def claim_run(cfg: TrainConfig) -> Path | None:
+    """Make sure ``<storage_path>/<name>`` is this run before Ray resumes whatever checkpoints it holds.
+
+    Why: Ray Train resumes any run folder of the same name, so two people (or two experiments) that
+    both keep the default name on shared storage would silently continue each other's checkpoints.
+    The first start writes :data:`RUN_RECORD` (owner, stage, defining settings); a later start
+    continues only when the owner, the stage and the settings outside :data:`CONTINUATION_FIELDS`
+    match, and otherwise stops with an error naming what differs. ``cfg.resume`` (``--resume``)
+    continues anyway. A folder with checkpoints but no record (a run from before the record
+    existed) also needs ``--resume``. URIs are not checked. Returns the record's path.
+    """
+    if "://" in cfg.storage_path:
+        log.warning("run folder %s is a URI: not checking who started run %r", cfg.storage_path, cfg.name)
+        return None
+    folder = run_dir(cfg)
+    record_path = folder / RUN_RECORD
+    mine = {"owner": _owner(), "stage": type(cfg).__name__, "settings": _run_settings(cfg)}
+    if record_path.is_file():
+        try:
+            theirs = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunClaimError(f"run {cfg.name!r}: unreadable {record_path} ({exc}); use another --name") from exc
+        problems = []
+        if theirs.get("owner") != mine["owner"]:
+            problems.append(f"was started by {theirs.get('owner')!r}, not {mine['owner']!r}")
+        if theirs.get("stage") != mine["stage"]:
+            problems.append(f"is a {theirs.get('stage')} run, not {mine['stage']}")
+        elif theirs.get("settings") != mine["settings"]:
+            problems.append(f"has other settings ({_differences(theirs.get('settings') or {}, mine['settings'])})")
+        if problems and not cfg.resume:
+            raise RunClaimError(
+                f"run {cfg.name!r} in {folder.parent} {'; '.join(problems)}: "
+                "pick another --name, or pass --resume to continue it anyway")
+        if problems:
+            log.warning("--resume: continuing run %r, which %s", cfg.name, "; ".join(problems))
+        else:
+            log.info("continuing run %r (%s)", cfg.name, record_path)
+        return record_path
+    if folder.is_dir() and any(folder.glob("checkpoint_*")) and not cfg.resume:
+        raise RunClaimError(
+            f"run {cfg.name!r} in {folder.parent} has checkpoints but no {RUN_RECORD} (a run from an older "
+            "version, or not ours): pick another --name, or pass --resume to continue it")
+    if cfg.resume and not folder.is_dir():
+        log.warning("--resume: there is no run %r in %s yet; starting it", cfg.name, folder.parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record_path, json.dumps({**mine, "created": time.time()}, indent=2, default=str) + "\n")
+    make_group_readable(record_path)
+    return record_path
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file here (0o666 less the umask; 0o644 under the usual 022)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: read the umask by setting it, and put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def make_group_readable(*paths: str | os.PathLike) -> None:
+    """Give each file in ``paths`` (every file under it, for a folder; missing ones are skipped) the
+    mode a plain ``open()`` would have given it.
+
+    Why: writers that go through a private temporary file and a rename (``safetensors.save_file``
+    0.8, ``tempfile.mkstemp``) leave 0600 files, so an exported model or a checkpoint would be
+    unreadable to the rest of the group that shares the model folder. Only permission bits the
+    umask allows are set; files are never made executable.
+    """
+    mode = default_file_mode()
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_file() and not path.is_symlink():
+            files.append(path)
+        elif path.is_dir():
+            files.extend(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    for f in files:
+        with contextlib.suppress(OSError):  # a file of another owner: leave it as it is
+            if f.stat().st_mode & 0o777 != mode:
+                os.chmod(f, mode)

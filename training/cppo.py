@@ -335,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if not cfg.preferences or not cfg.init_from:
         raise SystemExit("cppo.py: set `preferences` (JSONL) and `init_from` (a model directory), or use --smoke")
     work = common.run_dir(cfg)
+    common.claim_run(cfg)  # before writing pair files into the folder (each group's run is claimed by fit)
     work.mkdir(parents=True, exist_ok=True)
     candidates = load_candidates(cfg.preferences, cfg)
     states, info = [], {}

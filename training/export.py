@@ -17,6 +17,7 @@ import torch
 
 from dr2studio.config import atomic_write_text
 from dr2studio.models.dit import DiT, DiTConfig
+from training.common import make_group_readable
 
 __all__ = ["ASSET_FILES", "copy_assets", "read_training_info", "write_training_info", "export_dit"]
 
@@ -84,5 +85,7 @@ def export_dit(state: dict[str, torch.Tensor], config: DiTConfig, dst: str | os.
     copied = copy_assets(assets_dir, dst, skip=("model.json", "model.safetensors"))
     save_dit(model, dst)
     write_training_info(dst, stage, {**(info or {}), "assets_from": str(assets_dir or ""), "assets": copied})
+    # safetensors leaves 0600 files; a model folder is for the whole group
+    make_group_readable(*(dst / n for n in ("model.json", "model.safetensors", "dr2studio.json", *copied)))
     log.info("exported %s model to %s", stage, dst)
     return dst

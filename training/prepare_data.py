@@ -37,6 +37,7 @@ from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.data.manifest import BadRows, ManifestRow, load_audio, read_manifest
 from dr2studio.data.shards import DatasetIndex, Example, write_index, write_shard
 from dr2studio.style.tags import parse_style_tags
+from training.common import make_group_readable
 
 __all__ = [
     "PrepareConfig", "load_plugin", "VaeEncoder", "MelFeatures", "MuQFeatures", "VocabTokenizer",
@@ -419,6 +420,7 @@ def prepare(cfg: PrepareConfig) -> DatasetIndex:
     index = DatasetIndex(shards=infos, latent_rate=frame_rate, latent_channels=latent_channels, style_dim=style_dim,
                          ssl=ssl_dims, report=report)
     write_index(out, index)
+    make_group_readable(out / "index.json", *out.glob("shard-*.safetensors"))  # safetensors leaves 0600 files
     log.info("kept %d songs in %d shards; %d bad rows: %s", report["kept"], len(infos), bad.total, bad.counts)
     return index
 

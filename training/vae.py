@@ -257,6 +257,9 @@ def export(cfg: VAETrainConfig, checkpoint_dir: str | Path, dst: str | Path | No
     write_training_info(dst, stage, {"run": cfg.name, "step": meta["step"], "manifest": cfg.manifest,
                                      "decoder_from": cfg.decoder_from, "decoder_frozen": cfg.decoder_frozen,
                                      "encoder_from": cfg.encoder_from, "encoder_frozen": not cfg.train_encoder})
+    # safetensors leaves 0600 files; a model folder is for the whole group
+    common.make_group_readable(*(dst / f"{part}.{ext}" for part in ("encoder", "decoder") for ext in ("json", "safetensors")),
+                               dst / "dr2studio.json")
     log.info("exported VAE to %s", dst)
     return dst
 

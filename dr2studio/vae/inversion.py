@@ -2,10 +2,15 @@
 
 Shapes: B batch, T frames, C latent channels, N = T * hop samples at the decoder rate.
 
-The latents are optimised with Adam on a multi-resolution STFT + multi-scale mel loss. The loss is taken
-window by window on the decoder's own chunk schedule (each window of ``chunk_frames`` frames is decoded
-alone and compared with the matching stretch of the target), and each window group is back-propagated
-as soon as it is computed, so memory stays bounded by ``max_batch`` windows however long the song is.
+The latents are optimised with Adam on a multi-resolution STFT + multi-scale mel loss. The loss follows
+the decoder's own chunk schedule (:func:`~dr2studio.vae.chunking.plan_segments`, as
+:meth:`BigVGANDecoder.decode` uses it): each window of ``chunk_frames`` frames is decoded alone, but only
+the frames it contributes to the decoded song (its segment) are kept, and a group of up to ``max_batch``
+consecutive windows is compared with the matching contiguous stretch of the target. The objective is
+thus exactly "``decoder.decode(latents)`` matches the audio", whose minimum is at the latents that made
+it; comparing whole windows instead would also pull each window's overlap, which the decoded song
+takes from the neighbouring window, towards audio it never produces. Each group is back-propagated as
+soon as it is computed, so memory stays bounded by ``max_batch`` windows however long the song is.
 Optimisation stops at ``steps``, when the loss falls below ``target_loss``, or when it has not improved
 by ``min_delta`` (relative) for ``patience`` steps; the best latents seen are returned.
 """
@@ -20,7 +25,7 @@ import torch
 
 from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.models.bigvgan import CHUNK_FRAMES, CHUNK_OVERLAP, BigVGANDecoder
-from dr2studio.vae.chunking import chunk_starts
+from dr2studio.vae.chunking import plan_segments
 from dr2studio.vae.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
 
 __all__ = ["InversionConfig", "InversionResult", "invert_decoder", "ProgressFn"]
@@ -104,13 +109,14 @@ def invert_decoder(decoder: BigVGANDecoder, audio: torch.Tensor, *, init: torch.
         raise ValueError(f"init latents must be {list(shape)} for this audio, got {list(init.shape)}")
     latents = (init.detach().to(device, torch.float32).clone() if init is not None
                else torch.zeros(shape, device=device)).requires_grad_(True)
-    size = min(cfg.chunk_frames, frames)
-    starts = chunk_starts(frames, cfg.chunk_frames, cfg.overlap)
+    segments = plan_segments(frames, cfg.chunk_frames, cfg.overlap, final=True)
+    size = segments[0].size
     stft_loss, mel_loss = _losses(decoder, cfg, size * hop, device)
     optimizer = torch.optim.Adam([latents], lr=cfg.lr)
     per_pass = max(1, cfg.max_batch // batch)
-    groups = [starts[i : i + per_pass] for i in range(0, len(starts), per_pass)]
-    targets = [torch.cat([target[..., s * hop : (s + size) * hop] for s in g]) for g in groups]
+    groups = [segments[i : i + per_pass] for i in range(0, len(segments), per_pass)]
+    # each group's stretch of the song: from its first segment's first frame to its last one's end
+    targets = [target[..., g[0].lo * hop : g[-1].hi * hop] for g in groups]
 
     grad_state = [p.requires_grad for p in decoder.parameters()]
     decoder.requires_grad_(False)
@@ -120,10 +126,12 @@ def invert_decoder(decoder: BigVGANDecoder, audio: torch.Tensor, *, init: torch.
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for group, tgt in zip(groups, targets):
-                x = torch.cat([latents[:, s : s + size] for s in group]).transpose(1, 2)
-                pred = decoder(x).float()
+                x = torch.cat([latents[:, g.start : g.start + g.size] for g in group]).transpose(1, 2)
+                windows = decoder(x).float().split(batch)  # one [B, 1, size * hop] per window
+                pred = torch.cat([w[..., (g.lo - g.start) * hop : (g.hi - g.start) * hop]
+                                  for w, g in zip(windows, group)], dim=-1)
                 loss = cfg.stft_weight * stft_loss(pred, tgt) + cfg.mel_weight * mel_loss(pred, tgt)
-                loss = loss * (len(group) / len(starts))
+                loss = loss * ((group[-1].hi - group[0].lo) / frames)
                 loss.backward()
                 total += loss.item()
             history.append(total)

@@ -87,7 +87,8 @@ if [ ! -f "$WORK/vae-export/decoder.safetensors" ]; then
       --storage-path "$WORK" --max-steps "$VAE_PITCH_STEPS" \
       --set manifest="$WORK/songs/manifest.jsonl"
   # phase 2: the same run resumed with 16 and 32 ms STFT windows added: onsets (drums) and tempo
-  "$PY" training/vae.py --config training/configs/demo_vae_onsets.json --name demo-vae \
+  # (--resume: the losses differ from phase 1's, which the run-name guard otherwise refuses)
+  "$PY" training/vae.py --config training/configs/demo_vae_onsets.json --name demo-vae --resume \
       --storage-path "$WORK" --export-dir "$WORK/vae-export" --max-steps "$VAE_STEPS" \
       --set manifest="$WORK/songs/manifest.jsonl"
   "$PY" training/recipes/demo_latent_scale.py --model-dir "$WORK/vae-export" \
