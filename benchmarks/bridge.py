@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = args.model
             if model is None:
-                from dr2studio.testing import build_tiny_model
+                from dr2studio.lab.testing import build_tiny_model
 
                 model = str(build_tiny_model(Path(tmp) / "tiny"))
             t = time.perf_counter()

@@ -47,9 +47,9 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 import numpy as np
 
-from dr2studio import analysis
 from dr2studio.config import atomic_write_text
-from dr2studio.synth import SynthConfig, SynthSong, generate_song, parse_style
+from dr2studio.lab import analysis
+from dr2studio.lab.synth import SynthConfig, SynthSong, generate_song, parse_style
 
 log = logging.getLogger("dr2studio.benchmarks.demo_quality")
 

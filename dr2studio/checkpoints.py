@@ -1,9 +1,12 @@
-"""Model directories: loading and saving the DiT in the released layout, and hub downloads.
+"""Model directories: the DiT, decoder and encoder loaders side by side, saving in the released layout,
+and hub downloads (:mod:`dr2studio.hub`).
 
 One layout serves released and own checkpoints (see README "Model directory"): ``model.json`` +
 ``model.safetensors`` (keys prefixed ``transformer.``), ``decoder.json`` + ``decoder.bin`` or
 ``decoder.safetensors``, ``vocab.json``, optional ``encoder.*``, ``style_encoder.*`` and
-``dr2studio.json``.
+``dr2studio.json``. Every loader reads, checks and places its weights through :mod:`dr2studio.weights`
+(one strict loader, one device/dtype policy); the decoder and encoder loaders are defined beside
+their networks (so ``models`` needs nothing from here) and gathered here.
 """
 from __future__ import annotations
 
@@ -12,103 +15,43 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from dr2studio.config import ConfigError
+from dr2studio.hub import DEFAULT_HUB_REPO, RELEASED_FILES, resolve_model_dir
+from dr2studio.models.bigvgan import load_decoder, save_decoder
 from dr2studio.models.dit import DiT, DiTConfig
+from dr2studio.models.encoder import has_encoder, load_encoder, save_encoder
+from dr2studio.weights import (
+    CheckpointError,
+    default_device,
+    default_dtype,
+    device_dtype,
+    load_strict,
+    load_weights,
+    save_safetensors,
+)
 
 __all__ = [
     "CheckpointError",
     "DEFAULT_HUB_REPO",
     "default_device",
     "default_dtype",
+    "device_dtype",
     "resolve_model_dir",
     "load_dit",
     "save_dit",
+    "load_decoder",
+    "save_decoder",
+    "load_encoder",
+    "save_encoder",
+    "has_encoder",
     "load_state_dict_strict",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HUB_REPO = "ASLP-lab/DiffRhythm2"
 DIT_PREFIX = "transformer."
-RELEASED_FILES = ("model.json", "model.safetensors", "decoder.json", "decoder.bin")
 
-
-class CheckpointError(ConfigError):
-    """A model directory is missing a file, or a weight file does not match its config."""
-
-
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> torch.dtype:
-    """float32 on CPU; bfloat16 on GPUs that support it, else float16."""
-    if dtype is not None:
-        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def resolve_model_dir(model: str | os.PathLike, *, files: tuple[str, ...] = RELEASED_FILES) -> Path:
-    """A local model directory, or a hub repository id (``owner/name``) downloaded to the hub cache.
-
-    Local paths win: an existing directory is returned as is. Anything else that looks like a
-    repository id is fetched with ``huggingface_hub.snapshot_download`` (honouring ``HF_HOME``,
-    ``HF_HUB_OFFLINE`` and the local cache), restricted to the model files.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CheckpointError(f"model path {path} is a file; give the directory that holds model.json")
-    text = str(model)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise CheckpointError(f"model directory not found: {path}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise CheckpointError(
-            f"{text!r} is not a local directory, and downloading it needs huggingface_hub: pip install 'dr2studio[hub]'"
-        ) from exc
-    patterns = list(files) + ["vocab.json", "*.json", "*.safetensors", "g2p/*"]
-    try:
-        local = snapshot_download(repo_id=text, allow_patterns=patterns)
-    except Exception as exc:  # network errors, missing repo, offline without cache
-        raise CheckpointError(f"cannot fetch model {text!r} from the hub: {exc}") from exc
-    log.info("model %s resolved to %s", text, local)
-    return Path(local)
-
-
-def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load ``state`` into ``module`` requiring identical keys and shapes; errors name file and key."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unknown = sorted(set(state) - set(expected))
-    if missing:
-        raise CheckpointError(f"{source}: missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if unknown:
-        raise CheckpointError(f"{source}: unknown key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise CheckpointError(
-                f"{source}: key {key!r} has shape {tuple(tensor.shape)}, the config expects {tuple(expected[key].shape)}"
-            )
-    module.load_state_dict(state, strict=True)
-
-
-def _read_safetensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k[len(prefix):] if k.startswith(prefix) else k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"cannot read weights {path}: {exc}") from exc
+load_state_dict_strict = load_strict  # the old name of the one strict loader
 
 
 def load_dit(
@@ -123,17 +66,10 @@ def load_dit(
         if not p.is_file():
             raise CheckpointError(f"missing file {p} (a model directory needs model.json and model.safetensors)")
     config = DiTConfig.load(cfg_path)
-    state = _read_safetensors(weights_path)
-    if any(not k.startswith(DIT_PREFIX) for k in state):
-        bad = next(k for k in state if not k.startswith(DIT_PREFIX))
-        raise CheckpointError(f"{weights_path}: unknown key {bad!r} (every key must start with {DIT_PREFIX!r})")
-    state = {k[len(DIT_PREFIX):]: v.float() for k, v in state.items()}
     with torch.device("meta"):
         model = DiT(config)
     model = model.to_empty(device="cpu")
-    load_state_dict_strict(model, state, weights_path)
-    dev = default_device(device)
-    return model.to(device=dev, dtype=default_dtype(dev, dtype)).eval()
+    return load_weights(model, weights_path, role="dit", device=device, dtype=dtype, prefix=DIT_PREFIX, frozen=False)
 
 
 def save_dit(model: DiT, model_dir: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
@@ -144,12 +80,5 @@ def save_dit(model: DiT, model_dir: str | os.PathLike, *, dtype: torch.dtype | N
         DIT_PREFIX + k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
         for k, v in model.state_dict().items()
     }
-    target = model_dir / "model.safetensors"
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": "dr2studio"})
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_safetensors(state, model_dir / "model.safetensors", metadata={"format": "pt", "producer": "dr2studio"})
     model.config.save(model_dir / "model.json")

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dr2studio.atomic import atomic_write_text  # re-exported: its old home
+
 T = TypeVar("T", bound="JsonConfig")
 
 __all__ = ["JsonConfig", "ConfigError", "atomic_write_text"]
@@ -19,18 +21,6 @@ __all__ = ["JsonConfig", "ConfigError", "atomic_write_text"]
 
 class ConfigError(ValueError):
     """A config file is missing, unreadable or holds a value out of range."""
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` through a temporary name and rename it, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclasses.dataclass

@@ -7,8 +7,10 @@ Each replica loads the model once and runs jobs through a :class:`~dr2studio.eng
 - ``POST /v1/jobs``   body ``{"request": JobRequest, "song": base64 song archive | null}`` ->
   ``application/x-ndjson`` stream: ``progress`` / ``audio`` (base64 float32, generate only) /
   ``heartbeat`` events, then one ``result`` (base64 song archive, and ``length``: requested vs delivered
-  seconds and why, as in the song's ``settings["length"]``) or ``error`` / ``cancelled``.
-  Closing the connection cancels the job at the next block.
+  seconds and why, as in the song's ``settings["length"]``) or ``error`` / ``cancelled`` (``message``,
+  ``code``). Closing the connection cancels the job at the next block. A refused job gets no stream but
+  ``{"detail": message, "code": code}`` with the HTTP status of its :class:`~dr2studio.engine.ErrorCode`:
+  400 ``bad_request`` (the message of :mod:`dr2studio.requests`), 413 ``too_large``, 503 ``busy`` (queue full).
 
 Inside the cluster the same stream is a handle call: ``handle.options(stream=True).events.remote(payload)``.
 :class:`~dr2studio.engine.ServeEngine` speaks both.
@@ -26,26 +28,29 @@ import logging
 import uuid
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from dr2studio import __version__
-from dr2studio.config import ConfigError
 from dr2studio.engine import (
+    ErrorCode,
+    EventType,
     JobError,
     JobEvent,
     JobRequest,
     LocalEngine,
-    QueueFull,
+    StreamType,
     encode_event,
-    song_from_bytes,
+    error_body,
+    error_code_of,
+    parse_payload,
     song_to_bytes,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dr2Deployment", "build_app", "app", "HEARTBEAT_S", "MAX_BODY_BYTES"]
+__all__ = ["Dr2Deployment", "build_app", "app", "refusal", "HEARTBEAT_S", "MAX_BODY_BYTES"]
 
 HEARTBEAT_S = 1.0
 MAX_BODY_BYTES = 512 * 1024 * 1024
@@ -53,23 +58,11 @@ MAX_BODY_BYTES = 512 * 1024 * 1024
 app = FastAPI(title="dr2studio", version=__version__)
 
 
-def _parse_payload(payload: Any) -> tuple[JobRequest, Any]:
-    """Request + optional input song from a JSON payload; :class:`ValueError` names what is wrong."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("request"), dict):
-        raise ValueError("body must be a JSON object with a 'request' object")
-    try:
-        request = JobRequest.from_dict(payload["request"])
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from exc
-    song = None
-    if payload.get("song") is not None:
-        try:
-            song = song_from_bytes(base64.b64decode(payload["song"], validate=True))
-        except (JobError, ValueError, TypeError) as exc:
-            raise ValueError(f"'song' is not a base64 song archive: {exc}") from exc
-    if request.kind in ("extend", "infill") and song is None:
-        raise ValueError(f"{request.kind} needs a 'song'")
-    return request, song
+def refusal(exc: BaseException) -> JSONResponse:
+    """The HTTP reply to a refused job: the status of the error's code (bad request 400, forbidden 403,
+    too large 413, queue full 503, ...), with ``{"detail": message, "code": code}``."""
+    code = error_code_of(exc)
+    return JSONResponse(error_body(str(exc), code), status_code=code.http_status)
 
 
 @serve.deployment(name="dr2studio", max_ongoing_requests=16)
@@ -94,20 +87,20 @@ class Dr2Deployment:
                 "fingerprint": studio.fingerprint, "queue": self.engine.pending()}
 
     @app.post("/v1/jobs")
-    async def jobs(self, request: Request) -> StreamingResponse:
+    async def jobs(self, request: Request) -> Response:
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+            return refusal(JobError(f"request body of {len(body)} bytes exceeds {MAX_BODY_BYTES}", ErrorCode.TOO_LARGE))
         try:
-            payload = json.loads(body)
-            parsed = _parse_payload(payload)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
-        stream = self._stream(*parsed)
-        try:
-            first = await stream.__anext__()  # surfaces a full queue as 503 before the 200 goes out
-        except QueueFull as exc:
-            raise HTTPException(503, str(exc)) from None
+            try:
+                payload = json.loads(body)
+            except ValueError as exc:
+                raise JobError(f"body is not JSON: {exc}", ErrorCode.BAD_REQUEST) from exc
+            parsed = await asyncio.to_thread(parse_payload, payload)
+            stream = self._stream(*parsed)
+            first = await stream.__anext__()  # surfaces a full queue (503) before the 200 goes out
+        except JobError as exc:
+            return refusal(exc)
 
         async def lines() -> AsyncIterator[bytes]:
             try:
@@ -122,15 +115,11 @@ class Dr2Deployment:
     async def events(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The same event stream for ``DeploymentHandle`` callers (``options(stream=True)``)."""
         try:
-            parsed = _parse_payload(payload)
-        except ValueError as exc:
-            yield {"type": "error", "message": str(exc)}
-            return
-        try:
+            parsed = await asyncio.to_thread(parse_payload, payload)
             async for event in self._stream(*parsed):
                 yield event
-        except QueueFull as exc:
-            yield {"type": "error", "message": str(exc)}
+        except JobError as exc:
+            yield encode_event(JobEvent("", EventType.ERROR, message=str(exc), code=exc.code))
 
     async def _stream(self, request: JobRequest, song: Any) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -141,21 +130,22 @@ class Dr2Deployment:
 
         job = self.engine.submit(request, song=song, job_id=f"serve-{uuid.uuid4().hex[:12]}", on_event=listener)
         try:
-            yield {"type": "accepted", "job": job.id}
+            yield {"type": StreamType.ACCEPTED.value, "job": job.id}
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
                 except asyncio.TimeoutError:
-                    yield {"type": "heartbeat"}
+                    yield {"type": StreamType.HEARTBEAT.value}
                     continue
-                if event.type in ("queued", "started"):
+                if event.type in (EventType.QUEUED, EventType.STARTED):
                     continue
-                if event.type == "done":
+                if event.type == EventType.DONE:
                     blob = await asyncio.to_thread(song_to_bytes, job.result)
-                    yield {"type": "result", "song": base64.b64encode(blob).decode("ascii"), "length": event.length}
+                    yield {"type": StreamType.RESULT.value, "song": base64.b64encode(blob).decode("ascii"),
+                           "length": event.length}
                     return
                 yield encode_event(event)
-                if event.type in ("error", "cancelled"):
+                if event.type in (EventType.ERROR, EventType.CANCELLED):
                     return
         finally:
             if not job.finished:  # the client went away (or the task was cancelled): stop the render

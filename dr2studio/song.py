@@ -15,9 +15,8 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
@@ -25,9 +24,10 @@ from safetensors.torch import save_file
 
 import soundfile as sf
 
+from dr2studio.atomic import atomic_path
 from dr2studio.audio.io import AudioError, audio_info, read_audio, write_audio
 
-__all__ = ["Song", "SidecarError", "SIDECAR_SUFFIX", "sidecar_path"]
+__all__ = ["Song", "Edit", "SidecarError", "SIDECAR_SUFFIX", "sidecar_path"]
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,76 @@ def _file_sha256(path: Path) -> str:
 
 
 @dataclasses.dataclass
+class Edit:
+    """One operation in a song's history (``extend``, ``infill``, ``crop``), as kept in ``settings["edits"]``.
+
+    The history is stored as plain JSON objects so sidecars stay readable both ways: an old sidecar's
+    dicts load as :class:`Edit` (:meth:`from_dict`), and :meth:`to_dict` writes the same keys old code
+    reads. A field left ``None`` is not written (a crop has no ``seed``), except ``level_match_db``,
+    whose ``None`` says that level matching was off. Keys this version does not know are kept in ``extra``.
+
+    extend: ``splice`` (seconds where the new audio starts, crossfade included), ``crossfade``,
+    ``prefix_frames`` / ``new_frames`` (latent frames kept / added), ``seconds`` (asked),
+    ``added_seconds`` and ``length`` (delivered, :func:`~dr2studio.studio.length_report`), ``end_frames_dropped``.
+    infill: ``start`` / ``end`` (seconds), ``crossfade_in`` / ``crossfade_out``. crop: ``end``.
+    Both edits: ``sample_rate``, ``level_match_db``, ``lyrics`` (the new text), ``seed``, ``latents_from``
+    (how the input's latents were obtained), ``lyrics_coverage``, ``steps``, ``cfg_strength``.
+    """
+
+    kind: str
+    splice: float | None = None
+    crossfade: float | None = None
+    prefix_frames: int | None = None
+    new_frames: int | None = None
+    seconds: float | None = None
+    added_seconds: float | None = None
+    length: dict[str, Any] | None = None
+    start: float | None = None
+    end: float | None = None
+    crossfade_in: float | None = None
+    crossfade_out: float | None = None
+    sample_rate: int | None = None
+    level_match_db: float | None = None
+    end_frames_dropped: int | None = None
+    lyrics: str | None = None
+    seed: int | None = None
+    latents_from: dict[str, Any] | None = None
+    lyrics_coverage: dict[str, Any] | None = None
+    steps: int | None = None
+    cfg_strength: float | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    _NULLABLE: ClassVar[frozenset[str]] = frozenset({"level_match_db"})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Edit":
+        """An edit from its stored JSON object (any version); unknown keys go to ``extra``."""
+        names = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        known.setdefault("kind", "")
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object stored in ``settings["edits"]`` (readable by code that reads the dicts by key)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is not None or (f.name in self._NULLABLE and self.kind in ("extend", "infill")):
+                out[f.name] = value
+        out.update(self.extra)
+        return out
+
+
+@dataclasses.dataclass
 class Song:
     """Audio ``[C, N]`` float32 at ``sample_rate`` plus the state needed to continue it.
 
     ``latents`` is ``[1, T, M]`` (None when only audio is known), ``tokens`` the ``[N]`` lyric ids the
     sampler conditioned on, ``style`` the ``[512]`` embedding. ``settings`` holds the sampler settings,
-    stereo flag and the edit history (``settings["edits"]``). ``subtype`` is the sample format
+    stereo flag and the edit history (``settings["edits"]``, read and written as :class:`Edit` records
+    through :attr:`edits`). ``subtype`` is the sample format
     (soundfile subtype, e.g. ``PCM_16``) the song came in; :meth:`save` writes it back in that
     format so the samples an edit keeps are bit for bit the producer's.
     """
@@ -100,6 +164,29 @@ class Song:
     def has_latents(self) -> bool:
         return self.latents is not None and self.latents.shape[1] > 0
 
+    @property
+    def edits(self) -> list[Edit]:
+        """The edit history, oldest first (a copy: assign the list back, or use :meth:`with_edit`)."""
+        stored = self.settings.get("edits") if isinstance(self.settings, dict) else None
+        return [Edit.from_dict(e) for e in stored or [] if isinstance(e, dict)]
+
+    @edits.setter
+    def edits(self, edits: list[Edit]) -> None:
+        self.settings["edits"] = [e.to_dict() for e in edits]
+
+    @property
+    def last_edit(self) -> Edit | None:
+        """The newest edit, or None for a song as generated (or loaded without history)."""
+        edits = self.edits
+        return edits[-1] if edits else None
+
+    def settings_with_edit(self, edit: Edit) -> dict[str, Any]:
+        """A copy of :attr:`settings` with ``edit`` appended to the history (for the song an edit makes);
+        the records already there are kept exactly as stored."""
+        settings = dict(self.settings)
+        settings["edits"] = list(settings.get("edits") or []) + [edit.to_dict()]
+        return settings
+
     # -- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, subtype: str | None = None) -> Path:
         """Write the audio and (when latents are known) the sidecar, each atomically.
@@ -118,21 +205,12 @@ class Song:
                 side.unlink()
             self.path = path
             return path
-        tag = uuid.uuid4().hex[:8]
-        tmp_audio = path.with_name(f".{path.stem}.tmp-{tag}{path.suffix}")
-        tmp_side = side.with_name(f".{side.name}.tmp-{tag}")
-        try:
-            write_audio(tmp_audio, self.audio, self.sample_rate, subtype=subtype)
-            self._write_sidecar(tmp_side, _file_sha256(tmp_audio))
-            os.chmod(tmp_side, os.stat(tmp_audio).st_mode & 0o777)  # same permissions as the audio
-            os.replace(tmp_audio, path)
-            os.replace(tmp_side, side)
+        try:  # the audio is moved into place first, then its sidecar
+            with atomic_path(side) as tmp_side, atomic_path(path) as tmp_audio:
+                write_audio(tmp_audio, self.audio, self.sample_rate, subtype=subtype)
+                self._write_sidecar(tmp_side, _file_sha256(tmp_audio))
         except OSError as exc:
             raise AudioError(f"cannot write {path}: {exc}") from exc
-        finally:
-            for tmp in (tmp_audio, tmp_side):
-                if tmp.exists():
-                    tmp.unlink()
         self.path = path
         return path
 

@@ -44,13 +44,24 @@ from dr2studio.audio.io import fake_stereo, resample, to_mono
 from dr2studio.audio.level import LevelStream, match_gain
 from dr2studio.audio.splice import SpliceStream, splice
 from dr2studio.audio.stream_resample import StreamResampler
-from dr2studio.song import Song
+from dr2studio.requests import (
+    DEFAULT_CFG_STRENGTH,
+    DEFAULT_CROSSFADE,
+    DEFAULT_STEPS,
+    MAX_SECONDS,
+    ExtendRequest,
+    GenerateRequest,
+    InfillRequest,
+    RequestError,
+    SamplingRequest,
+)
+from dr2studio.song import Edit, Song
 
 if TYPE_CHECKING:
     from dr2studio.lyrics.coverage import LyricsCoverage
 
-__all__ = ["Studio", "Song", "StudioError", "ProgressCallback", "AudioCallback", "MAX_SECONDS", "model_fingerprint",
-           "length_report", "LEVEL_WINDOW"]
+__all__ = ["Studio", "Song", "StudioError", "StudioRequestError", "SongRequest", "Conditions", "ProgressCallback",
+           "AudioCallback", "MAX_SECONDS", "model_fingerprint", "length_report", "LEVEL_WINDOW"]
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +72,8 @@ ProgressCallback = Callable[[int, int, str], None]
 #: ``on_audio(chunk)`` with each newly decoded ``[C, n]`` float32 chunk, in timeline order.
 AudioCallback = Callable[[torch.Tensor], None]
 
-MAX_SECONDS = 600.0
-DEFAULT_EXTEND_SECONDS = 30.0
-DEFAULT_CROSSFADE = 0.25
+#: What :meth:`Studio.run` takes: one typed request of :mod:`dr2studio.requests`.
+SongRequest = GenerateRequest | ExtendRequest | InfillRequest
 _CONTEXT_FRAMES = 8  # old frames decoded before a splice, so the decoder's edge effects fall outside it
 LEVEL_WINDOW = 3.0  # seconds of audio either side of a crossfade whose RMS level matching equalises
 #: While the end is held off, new frames this close (mean squared distance) to the all-ones
@@ -79,6 +89,24 @@ _LYRICS_EXTS = (".lrc", ".txt")
 
 class StudioError(ValueError):
     """Bad input to a studio call (empty lyrics, absurd durations, a song from another model, ...)."""
+
+
+class StudioRequestError(RequestError, StudioError):
+    """A request value the Studio refuses at entry: the :class:`RequestError` every front door gives for
+    it (same ``field``, ``code`` and message), and a :class:`StudioError` for callers that catch those."""
+
+
+@dataclasses.dataclass
+class Conditions:
+    """What a request resolves to before sampling, once: lyric tokens (and their text and coverage),
+    the ``[512]`` style vector, the tempo (bpm, None: no tempo clock) and the seed actually used."""
+
+    tokens: torch.Tensor
+    text: str
+    coverage: "LyricsCoverage"
+    style: torch.Tensor
+    tempo: float | None
+    seed: int
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
@@ -100,21 +128,19 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
 
 
 def _new_seed(seed: int | None) -> int:
-    if seed is None:
-        return secrets.randbelow(2**31 - 1)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= int(seed) < 2**63):
-        raise StudioError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    """The validated seed, or a fresh random one (recorded in the song so the take can be redone)."""
+    return secrets.randbelow(2**31 - 1) if seed is None else int(seed)
 
 
-def _check_seconds(value: float, what: str, *, low: float = 0.0) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as exc:
-        raise StudioError(f"{what} must be a number of seconds, got {value!r}") from exc
-    if not math.isfinite(value) or value <= low or value > MAX_SECONDS:
-        raise StudioError(f"{what} must be in ({low:g}, {MAX_SECONDS:g}] seconds, got {value:g}")
-    return value
+def _request_text(value: Any) -> Any:
+    """What a request records for a lyrics/style argument: a path as its text, anything else as is."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _request_style(style: Any) -> str | None:
+    """The style text a request records: a prompt or a file path; a tensor/array stays with the caller."""
+    style = _request_text(style)
+    return style if isinstance(style, str) else None
 
 
 class _StereoStream:
@@ -344,26 +370,68 @@ class Studio:
 
         return parse_style_tags(style).tempo
 
+    # -- requests ------------------------------------------------------------------------------------
     @staticmethod
-    def _tempo(tempo: float | None, style: Any) -> float | None:
-        """``tempo`` checked, else the one ``style`` states."""
-        if tempo is None:
-            return Studio.stated_tempo(style)
-        try:
-            tempo = float(tempo)
-        except (TypeError, ValueError) as exc:
-            raise StudioError(f"tempo must be a number of beats per minute, got {tempo!r}") from exc
-        if not (math.isfinite(tempo) and 20.0 <= tempo <= 999.0):
-            raise StudioError(f"tempo must be 20..999 bpm, got {tempo:g}")
-        return tempo
+    def validate(request: SongRequest, song: Song | None = None) -> SongRequest:
+        """``request`` checked (and normalised) in place against :mod:`dr2studio.requests`, before any work.
 
-    def _song_tempo(self, song: Song, style: Any, tempo: float | None) -> float | None:
-        """The tempo to continue ``song`` at: the one given, the new style's, else the one it was made with."""
-        tempo = self._tempo(tempo, style)
-        if tempo is not None:
-            return tempo
-        bpm = song.settings.get("tempo_bpm") if isinstance(song.settings, dict) else None
-        return float(bpm) if isinstance(bpm, (int, float)) and bpm > 0 else None
+        An infill is also bounded by ``song``'s length. A bad value raises :class:`StudioRequestError`
+        with the message every front door gives for it.
+        """
+        try:
+            if isinstance(request, InfillRequest):
+                seconds = song.audio.shape[1] / song.sample_rate if isinstance(song, Song) else None
+                request.validate(song_seconds=seconds)
+            elif isinstance(request, (GenerateRequest, ExtendRequest)):
+                request.validate()
+            else:
+                raise RequestError("request", f"expected a generate, extend or infill request, got {type(request).__name__}")
+        except StudioRequestError:
+            raise
+        except RequestError as exc:
+            raise StudioRequestError(exc.field, str(exc)) from None
+        return request
+
+    def conditions(self, request: SongRequest, song: Song | None = None, *, lyrics: Any = None,
+                   style: Any = None) -> Conditions:
+        """Lyric tokens, style vector, tempo and seed of a validated ``request``, resolved in this one place.
+
+        ``lyrics`` / ``style``: the objects the request's text stands for when the caller holds more than
+        text (a lyrics file, a style tensor); by default the request's own lyrics and its
+        ``style_embedding`` (which wins) or ``style``. An edit falls back to ``song``'s style and tempo.
+        The tempo is the request's, else the one the style text states ("pop, 120 bpm").
+        """
+        tokens, text, coverage = self.lyrics_condition(request.lyrics if lyrics is None else lyrics,
+                                                       instrumental=request.instrumental)
+        if style is None:
+            style = torch.tensor(request.style_embedding) if request.style_embedding is not None else request.style
+        style_vec = self.style_embedding(style) if song is None else self._song_style(song, style)
+        tempo = request.tempo if request.tempo is not None else self.stated_tempo(request.style)
+        if tempo is None and song is not None:
+            bpm = song.settings.get("tempo_bpm") if isinstance(song.settings, dict) else None
+            tempo = float(bpm) if isinstance(bpm, (int, float)) and bpm > 0 else None
+        return Conditions(tokens, text, coverage, style_vec, tempo, _new_seed(request.sampling.seed))
+
+    def run(self, request: SongRequest, song: Song | None = None, *, progress: ProgressCallback | None = None,
+            on_audio: AudioCallback | None = None, on_splice: Callable[[int], None] | None = None,
+            lyrics: Any = None, style: Any = None) -> Song:
+        """Render one typed request: validate, resolve the conditions, then generate / extend / infill.
+
+        ``song`` is the song an extend or infill edits. ``lyrics`` / ``style`` as in :meth:`conditions`.
+        ``on_audio`` streams a generate or an extend; ``on_splice`` reports an extend's splice sample.
+        """
+        self.validate(request, song)
+        if isinstance(request, GenerateRequest):
+            return self._generate(request, self.conditions(request, lyrics=lyrics, style=style), progress, on_audio)
+        if not isinstance(song, Song):
+            raise StudioError(f"{request.kind} needs the song to edit, got {type(song).__name__}")
+        if isinstance(request, InfillRequest) and (request.end - request.start) * self.frame_rate < 1:
+            raise StudioError(f"the region must last at least one frame ({1 / self.frame_rate:g} s), "
+                              f"got {request.end - request.start:g} s")
+        cond = self.conditions(request, song, lyrics=lyrics, style=style)
+        if isinstance(request, ExtendRequest):
+            return self._extend(request, song, cond, progress, on_audio, on_splice)
+        return self._infill(request, song, cond, progress)
 
     def _style_model(self) -> Any:
         """The model's own tag style encoder when its directory has one, else MuQ-MuLan (loaded lazily)."""
@@ -497,8 +565,8 @@ class Studio:
         lyrics: str | os.PathLike,
         style: Any,
         duration: float,
-        steps: int = 32,
-        cfg_strength: float = 2.0,
+        steps: int = DEFAULT_STEPS,
+        cfg_strength: float = DEFAULT_CFG_STRENGTH,
         seed: int | None = None,
         progress: ProgressCallback | None = None,
         on_audio: AudioCallback | None = None,
@@ -518,13 +586,20 @@ class Studio:
         ``on_audio`` receives the audio ``[C, n]`` as it is decoded (C = 2 with ``stereo``); the chunks
         concatenated equal ``song.audio``. ``tempo`` (bpm) drives a model's tempo clock; by default
         the tempo a text ``style`` states (give it when the style is an embedding or audio).
+        Builds a :class:`~dr2studio.requests.GenerateRequest` and renders it with :meth:`run`.
         """
-        duration = _check_seconds(duration, "duration")
+        request = GenerateRequest(lyrics=_request_text(lyrics), style=_request_style(style), tempo=tempo,
+                                  instrumental=instrumental, duration=duration, full_length=full_length, stereo=stereo,
+                                  sampling=SamplingRequest(steps=steps, cfg_strength=cfg_strength, seed=seed))
+        return self.run(request, progress=progress, on_audio=on_audio, lyrics=lyrics, style=style)
+
+    def _generate(self, request: GenerateRequest, cond: Conditions, progress: ProgressCallback | None,
+                  on_audio: AudioCallback | None) -> Song:
+        duration, stereo, full_length = request.duration, request.stereo, request.full_length
+        steps, cfg_strength = request.sampling.steps, request.sampling.cfg_strength
+        tokens, text, coverage, style_vec, tempo, seed = (cond.tokens, cond.text, cond.coverage, cond.style,
+                                                          cond.tempo, cond.seed)
         frames = max(1, round(duration * self.frame_rate))
-        tokens, text, coverage = self.lyrics_condition(lyrics, instrumental=instrumental)
-        style_vec = self.style_embedding(style)
-        tempo = self._tempo(tempo, style)
-        seed = _new_seed(seed)
         stream = _StereoStream(self.sample_rate) if stereo else None
         sink = None
         if on_audio is not None:
@@ -581,11 +656,7 @@ class Studio:
         from dr2studio.vae.encode import encode_audio
         from dr2studio.vae.inversion import InversionConfig
 
-        config = None
-        if inversion_steps is not None:
-            if int(inversion_steps) < 1:
-                raise StudioError(f"inversion_steps must be >= 1, got {inversion_steps}")
-            config = InversionConfig(steps=int(inversion_steps))
+        config = None if inversion_steps is None else InversionConfig(steps=int(inversion_steps))  # validated by the request
 
         def report(step: int, total: int, loss: float) -> None:
             if progress is not None:
@@ -624,8 +695,8 @@ class Studio:
         seconds: float | None = None,
         *,
         style: Any = None,
-        steps: int = 32,
-        cfg_strength: float = 2.0,
+        steps: int = DEFAULT_STEPS,
+        cfg_strength: float = DEFAULT_CFG_STRENGTH,
         seed: int | None = None,
         crossfade: float = DEFAULT_CROSSFADE,
         progress: ProgressCallback | None = None,
@@ -639,7 +710,7 @@ class Studio:
         """Continue ``song`` with new ``lyrics`` by ``seconds`` (default 30).
 
         The result keeps the song's sample rate and channels, and its samples before
-        ``settings["edits"][-1]["splice"]`` seconds are the input's, bit for bit. The model's new audio
+        ``song.last_edit.splice`` seconds are the input's, bit for bit. The model's new audio
         is resampled to the song's rate, scaled (``match_level``) so that its RMS over the
         :data:`LEVEL_WINDOW` seconds after the crossfade equals the input's over the same span before
         it, and crossfaded in. The end of the song is held off until ``seconds`` are added (the result
@@ -653,14 +724,24 @@ class Studio:
         piece once its window and the level measurement are complete, about ``LEVEL_WINDOW`` seconds
         of new audio); the chunks concatenated equal ``song.audio[:, sample:]``.
         ``tempo`` (bpm, for a model's tempo clock): by default the new style's, else the song's own.
+        Builds an :class:`~dr2studio.requests.ExtendRequest` and renders it with :meth:`run`.
         """
-        seconds = _check_seconds(DEFAULT_EXTEND_SECONDS if seconds is None else seconds, "seconds")
-        crossfade = self._check_crossfade(crossfade)
-        new_tokens, new_text, coverage = self.lyrics_condition(lyrics, instrumental=instrumental)
-        style_vec = self._song_style(song, style)
-        tempo = self._song_tempo(song, style, tempo)
-        seed = _new_seed(seed)
-        latents, encoded = self._song_state(song, progress, inversion_steps)
+        request = ExtendRequest(lyrics=_request_text(lyrics), style=_request_style(style), tempo=tempo,
+                                instrumental=instrumental, crossfade=crossfade, match_level=match_level,
+                                inversion_steps=inversion_steps,
+                                sampling=SamplingRequest(steps=steps, cfg_strength=cfg_strength, seed=seed))
+        if seconds is not None:
+            request.seconds = seconds
+        return self.run(request, song, progress=progress, on_audio=on_audio, on_splice=on_splice, lyrics=lyrics,
+                        style=style)
+
+    def _extend(self, request: ExtendRequest, song: Song, cond: Conditions, progress: ProgressCallback | None,
+                on_audio: AudioCallback | None, on_splice: Callable[[int], None] | None) -> Song:
+        seconds, crossfade, match_level = request.seconds, request.crossfade, request.match_level
+        steps, cfg_strength = request.sampling.steps, request.sampling.cfg_strength
+        new_tokens, new_text, coverage, style_vec, tempo, seed = (cond.tokens, cond.text, cond.coverage, cond.style,
+                                                                  cond.tempo, cond.seed)
+        latents, encoded = self._song_state(song, progress, request.inversion_steps)
         context = new_tokens
         if encoded["method"] == "sidecar" and song.tokens is not None and song.tokens.numel():
             context = torch.cat([song.tokens.long().reshape(-1), new_tokens])
@@ -719,23 +800,23 @@ class Studio:
                                None if r.ended_at is None else r.ended_at / fps, what="the extension", held=True)
         if length["ended_early"]:
             log.warning("%s", length["reason"])
-        edit = {
-            "kind": "extend",
-            "splice": at / sr,
-            "crossfade": fade / sr,
-            "prefix_frames": prefix_len,
-            "new_frames": added,
-            "seconds": seconds,
-            "added_seconds": length["delivered"],
-            "length": length,
-            "sample_rate": sr,
-            "level_match_db": None if not match_level or level.gain is None else round(20 * math.log10(level.gain), 2),
-            "end_frames_dropped": r.dropped,
-            "lyrics": new_text,
-            "seed": seed,
-            "latents_from": encoded,
-            "lyrics_coverage": coverage.to_dict(),
-        }
+        edit = Edit(
+            kind="extend",
+            splice=at / sr,
+            crossfade=fade / sr,
+            prefix_frames=prefix_len,
+            new_frames=added,
+            seconds=seconds,
+            added_seconds=length["delivered"],
+            length=length,
+            sample_rate=sr,
+            level_match_db=None if not match_level or level.gain is None else round(20 * math.log10(level.gain), 2),
+            end_frames_dropped=r.dropped,
+            lyrics=new_text,
+            seed=seed,
+            latents_from=encoded,
+            lyrics_coverage=coverage.to_dict(),
+        )
         return self._derived(song, out, r.latents, context, _join_lyrics(song.lyrics, new_text), style_vec, seed,
                              steps, cfg_strength, edit, tempo)
 
@@ -747,8 +828,8 @@ class Studio:
         lyrics: str | os.PathLike,
         *,
         style: Any = None,
-        steps: int = 32,
-        cfg_strength: float = 2.0,
+        steps: int = DEFAULT_STEPS,
+        cfg_strength: float = DEFAULT_CFG_STRENGTH,
         seed: int | None = None,
         crossfade: float = DEFAULT_CROSSFADE,
         progress: ProgressCallback | None = None,
@@ -766,26 +847,20 @@ class Studio:
         :data:`LEVEL_WINDOW` seconds have the RMS of the input's last ``LEVEL_WINDOW`` seconds before
         the crossfade (or of the audio after the range, when the range starts the song).
         ``tempo`` (bpm, for a model's tempo clock): by default the new style's, else the song's own.
+        Builds an :class:`~dr2studio.requests.InfillRequest` and renders it with :meth:`run`.
         """
-        crossfade = self._check_crossfade(crossfade)
-        new_tokens, new_text, coverage = self.lyrics_condition(lyrics, instrumental=instrumental)
-        style_vec = self._song_style(song, style)
-        tempo = self._song_tempo(song, style, tempo)
-        seed = _new_seed(seed)
-        try:
-            start, end = float(start), float(end)
-        except (TypeError, ValueError) as exc:
-            raise StudioError(f"start and end must be numbers of seconds, got {start!r}, {end!r}") from exc
-        total_s = song.audio.shape[1] / song.sample_rate
-        if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
-            raise StudioError(f"start must be >= 0 seconds, got {start:g}")
-        if start >= end:
-            raise StudioError(f"start ({start:g} s) must be before end ({end:g} s)")
-        if end > total_s + 1e-6:
-            raise StudioError(f"end ({end:g} s) is past the end of the song ({total_s:.2f} s)")
-        if (end - start) * self.frame_rate < 1:
-            raise StudioError(f"the region must last at least one frame ({1 / self.frame_rate:g} s), got {end - start:g} s")
-        latents, encoded = self._song_state(song, progress, inversion_steps)
+        request = InfillRequest(lyrics=_request_text(lyrics), style=_request_style(style), tempo=tempo,
+                                instrumental=instrumental, crossfade=crossfade, match_level=match_level,
+                                inversion_steps=inversion_steps, start=start, end=end,
+                                sampling=SamplingRequest(steps=steps, cfg_strength=cfg_strength, seed=seed))
+        return self.run(request, song, progress=progress, lyrics=lyrics, style=style)
+
+    def _infill(self, request: InfillRequest, song: Song, cond: Conditions, progress: ProgressCallback | None) -> Song:
+        start, end, crossfade, match_level = request.start, request.end, request.crossfade, request.match_level
+        steps, cfg_strength = request.sampling.steps, request.sampling.cfg_strength
+        new_tokens, new_text, coverage, style_vec, tempo, seed = (cond.tokens, cond.text, cond.coverage, cond.style,
+                                                                  cond.tempo, cond.seed)
+        latents, encoded = self._song_state(song, progress, request.inversion_steps)
         audio, sr, fps = song.audio.float(), song.sample_rate, self.frame_rate  # the producer's samples, at their rate
         length = audio.shape[1]
         st, et = round(start * sr), min(round(end * sr), length)
@@ -810,41 +885,30 @@ class Studio:
         out = splice(head, audio, at=et, fade=fade_out)
         keep = min(round(end * fps), r.latents.shape[1], latents.shape[1])
         new_latents = torch.cat([r.latents[:, :keep], latents[:, keep:]], dim=1)
-        edit = {
-            "kind": "infill",
-            "start": start,
-            "end": end,
-            "crossfade_in": fade_in / sr,
-            "crossfade_out": fade_out / sr,
-            "sample_rate": sr,
-            "level_match_db": round(20 * math.log10(gain), 2) if match_level else None,
-            "lyrics": new_text,
-            "seed": seed,
-            "latents_from": encoded,
-            "lyrics_coverage": coverage.to_dict(),
-        }
+        edit = Edit(
+            kind="infill",
+            start=start,
+            end=end,
+            crossfade_in=fade_in / sr,
+            crossfade_out=fade_out / sr,
+            sample_rate=sr,
+            level_match_db=round(20 * math.log10(gain), 2) if match_level else None,
+            lyrics=new_text,
+            seed=seed,
+            latents_from=encoded,
+            lyrics_coverage=coverage.to_dict(),
+        )
         tokens = song.tokens if song.tokens is not None and encoded["method"] == "sidecar" else new_tokens
         return self._derived(song, out, new_latents, tokens, song.lyrics or new_text, style_vec, seed,
                              steps, cfg_strength, edit, tempo)
 
     # -- helpers ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_crossfade(crossfade: float) -> float:
-        try:
-            crossfade = float(crossfade)
-        except (TypeError, ValueError) as exc:
-            raise StudioError(f"crossfade must be a number of seconds, got {crossfade!r}") from exc
-        if not math.isfinite(crossfade) or not (0.0 <= crossfade <= 2.0):
-            raise StudioError(f"crossfade must be in [0, 2] seconds, got {crossfade:g}")
-        return crossfade
-
     def _derived(self, song: Song, audio: torch.Tensor, latents: torch.Tensor, tokens: torch.Tensor | None,
                  lyrics: str, style: torch.Tensor, seed: int, steps: int, cfg_strength: float,
-                 edit: dict[str, Any], tempo: float | None = None) -> Song:
-        settings = dict(song.settings)
+                 edit: Edit, tempo: float | None = None) -> Song:
+        settings = song.settings_with_edit(dataclasses.replace(edit, steps=steps, cfg_strength=cfg_strength))
         settings.setdefault("stereo", False)  # a producer's take is not pseudo-stereo; later edits keep its layout
-        settings["edits"] = list(settings.get("edits", [])) + [dict(edit, steps=steps, cfg_strength=cfg_strength)]
-        settings["length"] = edit.get("length")  # the newest operation's; infill keeps the length by construction
+        settings["length"] = edit.length  # the newest operation's; infill keeps the length by construction
         if tempo is not None:
             settings["tempo_bpm"] = tempo
         return Song(

@@ -44,7 +44,7 @@ def pick_model(model: str | None, scratch: Path) -> str:
         return model
     if (DEMO / "model.json").is_file():
         return str(DEMO)
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
 
     print("no --model and no demo model installed: using a tiny random model (the audio will be noise)")
     return str(build_tiny_model(scratch / "tiny-model", style_encoder=True))
@@ -84,7 +84,7 @@ def main() -> None:
         song = Song.load(args.out / "draft.wav")
         longer = studio.extend(song, BRIDGE, seconds=args.seconds / 2, steps=args.steps, seed=3,
                                progress=progress_printer("extend"))
-        splice = longer.settings["edits"][-1]["splice"]
+        splice = longer.last_edit.splice
         same = torch.equal(longer.audio[:, : round(splice * longer.sample_rate)],
                            song.audio[:, : round(splice * song.sample_rate)])
         print(f"  extended to {longer.duration:.1f} s; audio before {splice:.2f} s unchanged: {same}")

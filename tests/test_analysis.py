@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dr2studio import analysis as A
-from dr2studio.synth import generate_song, parse_style
+from dr2studio.lab import analysis as A
+from dr2studio.lab.synth import generate_song, parse_style
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 22050
@@ -198,7 +198,7 @@ def test_randomised_copy_keeps_everything_but_the_dit_weights(tmp_path):
         import demo_quality
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
 
     src = build_tiny_model(tmp_path / "src")
     dst = demo_quality.randomised_copy(src, tmp_path / "dst")

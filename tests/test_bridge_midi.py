@@ -79,7 +79,7 @@ def test_midi_file_plan_reads_sections_utf8_lyrics_and_tempo(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -14,7 +14,7 @@ from torchaudio.models import HDemucs
 from dr2studio.audio.io import read_audio
 from dr2studio.cli import main
 from dr2studio.song import Song
-from dr2studio.testing import build_tiny_model
+from dr2studio.lab.testing import build_tiny_model
 
 SR = 48000
 FAST = ["--steps", "2", "--cfg", "1.5"]
@@ -190,7 +190,7 @@ def test_edit_errors_leave_outputs_untouched(work: Path, session: dict) -> None:
         (["infill", work / "song.wav", "--start", "2", "--end", "1", "--lyrics", work / "next.lrc"], "before end"),
         (["infill", work / "song.wav", "--start", "1", "--end", "1", "--lyrics", work / "next.lrc"], "before end"),
         (["infill", work / "song.wav", "--start", "1", "--end", "99", "--lyrics", work / "next.lrc"], "past the end"),
-        (["infill", work / "song.wav", "--start", "-1", "--end", "1", "--lyrics", work / "next.lrc"], ">= 0"),
+        (["infill", work / "song.wav", "--start", "-1", "--end", "1", "--lyrics", work / "next.lrc"], "start must be"),
     ]
     for args, needle in cases:
         assert_one_line_error(run(*args, *model, *FAST, "-o", target, ok=False), needle)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dr2studio import analysis, demo
+from dr2studio import demo
 from dr2studio.demo import DEMO_FILES, DemoModelMissing, demo_model_dir, demo_model_info
+from dr2studio.lab import analysis
 
 LYRICS = """[verse]
 [00:01.00]A silver horizon tonight

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 import zipfile
@@ -158,7 +159,7 @@ def test_close_cancels_waiting_jobs():
     "kwargs, message",
     [
         (dict(kind="generate", lyrics="[verse]\nhi"), "duration"),
-        (dict(kind="infill", lyrics="x", start=5.0, end=2.0), "start < end"),
+        (dict(kind="infill", lyrics="x", start=5.0, end=2.0), "must be before end"),
         (dict(kind="remix", lyrics="x"), "kind"),
         (dict(kind="generate", lyrics="x", duration=5, steps=0), "steps"),
         (dict(kind="generate", lyrics="x", duration=5000), "duration"),
@@ -190,7 +191,7 @@ def test_job_request_round_trips_json():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -327,3 +328,104 @@ def test_explicit_style_text_wins_over_the_default_embedding(tiny_engine):
     job = tiny_engine.submit(JobRequest(kind="generate", lyrics="[verse]\nhi", duration=2.0, steps=2, style="dreamy lofi"))
     with pytest.raises(JobError, match="MuQ-MuLan"):
         job.wait(60)
+
+
+# --------------------------------------------------------------------------- typed states and codes
+
+def test_states_events_and_codes_are_enums_equal_to_the_old_strings():
+    """Clients compare ``job.state`` / ``event.type`` with plain strings and read them from JSON."""
+    from dr2studio.engine import ErrorCode, EventType, JobState
+
+    def runner(job: Job, ctx: JobContext):
+        if job.request == "bad":
+            raise RuntimeError("decoder exploded")
+        ctx.progress(0.5, "sample")
+        return "song"
+
+    q = JobQueue(runner, workers=1, max_pending=4)
+    try:
+        events, on_event = _recorder()
+        good = q.submit("ok", on_event=on_event)
+        assert good.wait(5) == "song"
+        assert good.state == "done" and good.state is JobState.DONE and good.error_code is None
+        assert [e.type for e in events] == ["queued", "started", "progress", "done"]
+        assert all(isinstance(e.type, EventType) for e in events)
+        wire = [json.loads(json.dumps(encode_event(e))) for e in events]
+        assert [w["type"] for w in wire] == ["queued", "started", "progress", "done"]
+        assert wire[2] == {"type": "progress", "fraction": 0.5, "stage": "sample"}
+
+        events.clear()
+        bad = q.submit("bad", on_event=on_event)
+        with pytest.raises(JobError) as info:
+            bad.wait(5)
+        assert bad.state == "failed" and bad.error_code == "failed" and info.value.code is ErrorCode.FAILED
+        error = json.loads(json.dumps(encode_event(events[-1])))
+        assert error == {"type": "error", "message": "decoder exploded", "code": "failed"}
+        assert f"{bad.state}" == "failed" and json.dumps({"state": bad.state}) == '{"state": "failed"}'
+    finally:
+        q.close()
+
+
+def test_errors_carry_their_code():
+    from dr2studio.engine import ErrorCode, error_code_of
+    from dr2studio.requests import RequestError
+
+    assert error_code_of(RequestError("steps", "steps must be ...")) is ErrorCode.BAD_REQUEST
+    assert error_code_of(QueueFull("full")) is ErrorCode.BUSY and QueueFull("x").code.http_status == 503
+    assert error_code_of(JobCancelled("gone")) is ErrorCode.CANCELLED
+    assert error_code_of(RuntimeError("boom")) is ErrorCode.FAILED
+    assert error_code_of(JobError("no", "forbidden")).http_status == 403
+    assert ErrorCode.from_status(409) is ErrorCode.CONFLICT and ErrorCode.parse("nonsense") is ErrorCode.FAILED
+
+    # the bridge's HTTP-like ints become codes too
+    class Refused(ValueError):
+        code = 404
+
+    assert error_code_of(Refused("no such section")) is ErrorCode.NOT_FOUND
+
+    q = JobQueue(lambda job, ctx: (_ for _ in ()).throw(Refused("no such section")), workers=1, max_pending=2)
+    try:
+        events, on_event = _recorder()
+        job = q.submit(None, on_event=on_event)
+        with pytest.raises(JobError) as info:
+            job.wait(5)
+        assert job.error_code is ErrorCode.NOT_FOUND and info.value.code is ErrorCode.NOT_FOUND
+        assert events[-1].code is ErrorCode.NOT_FOUND
+    finally:
+        q.close()
+
+    job = Job("j", JobRequest(kind="generate", lyrics="x", duration=1.0))
+    with pytest.raises(JobError) as info:
+        consume_events([{"type": "error", "message": "no", "code": "bad_request"}], JobContext(job))
+    assert info.value.code is ErrorCode.BAD_REQUEST
+    with pytest.raises(JobCancelled):
+        consume_events([{"type": "cancelled", "message": "bye", "code": "cancelled"}], JobContext(job))
+
+
+def test_engine_refuses_with_the_request_layer_message(tiny_engine, tiny_model):
+    """The engine's limits are requests.py's: the same value gets the same message, code bad_request."""
+    from dr2studio.engine import ErrorCode
+    from dr2studio.requests import GenerateRequest, RequestError, SamplingRequest
+
+    typed = GenerateRequest(lyrics="[verse]\nhi", duration=5.0, sampling=SamplingRequest(steps=1))
+    with pytest.raises(RequestError) as direct:
+        typed.validate()
+    with pytest.raises(JobError) as via_engine:
+        tiny_engine.submit(JobRequest(kind="generate", lyrics="[verse]\nhi", duration=5.0, steps=1))
+    assert str(via_engine.value) == str(direct.value) and via_engine.value.code is ErrorCode.BAD_REQUEST
+    with pytest.raises(JobError, match="cfg_strength must be"):
+        tiny_engine.submit(JobRequest(kind="generate", lyrics="x", duration=5.0, cfg_strength=51.0))
+    with pytest.raises(JobError, match="seconds must be"):
+        tiny_engine.submit(JobRequest(kind="extend", lyrics="x", seconds=0.0), song=object())
+
+    # a typed request goes in as it is, and comes out as the same song as its wire form
+    typed = GenerateRequest(lyrics="[verse]\ntyped", duration=2.0, sampling=SamplingRequest(steps=2, seed=9))
+    song = tiny_engine.submit(typed).wait(120)
+    again = tiny_engine.submit(JobRequest.from_typed(typed)).wait(120)
+    torch.testing.assert_close(song.audio, again.audio, rtol=0, atol=0)
+    assert JobRequest.from_typed(typed).typed() == typed
+
+    # an infill range past the song's end is refused at entry, with the studio's words
+    with pytest.raises(JobError, match="past the end of the song") as info:
+        tiny_engine.submit(JobRequest(kind="infill", lyrics="[verse]\nx", start=1.0, end=9.0, steps=2), song=song)
+    assert info.value.code is ErrorCode.BAD_REQUEST

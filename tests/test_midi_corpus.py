@@ -142,7 +142,7 @@ def test_shift_jis_kar_file_with_headers(tmp_path):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
 
     root = tmp_path_factory.mktemp("corpus")
     style = torch.randn(512, generator=torch.Generator().manual_seed(3))

@@ -28,7 +28,7 @@ def _free_port() -> int:
 def served(tmp_path_factory):
     from dr2studio.serve import build_app
     from dr2studio.style.embedding import save_style_embedding
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
 
     root = tmp_path_factory.mktemp("serve")
     model = build_tiny_model(root / "model")
@@ -74,7 +74,7 @@ def test_http_stream_handle_and_errors(served):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(bad, timeout=60)
         assert info.value.code == 400 and "duration" in info.value.read().decode()
-        # a failure on the replica reaches the caller as a job error (a region past the song's end)
+        # a region past the song's end is refused as a job error (at entry, in the words the replica uses too)
         with pytest.raises(JobError, match="past the end of the song"):
             engine.submit(JobRequest(kind="infill", lyrics="[verse]\nx", start=10.0, end=20.0, steps=2), song=song).wait(180)
         # cancelling closes the stream; the replica notices the disconnect and drops the job
@@ -94,6 +94,55 @@ def test_http_stream_handle_and_errors(served):
         engine.close()
     with pytest.raises(JobError, match="cannot reach"):
         ServeEngine("http://127.0.0.1:9").health(timeout=2)
+
+
+def test_error_codes_pick_the_http_status(served):
+    """A refusal's HTTP status comes from its error code, not its wording; the body names the code."""
+    import base64
+    import importlib.util
+
+    from dr2studio.engine import ErrorCode, JobError, JobRequest, QueueFull, ServeEngine, song_to_bytes
+    from dr2studio.requests import RequestError
+    from dr2studio.serve import refusal
+    from dr2studio.song import Song
+
+    def post(payload) -> tuple[int, dict]:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        req = urllib.request.Request(f"{served['url']}/v1/jobs", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=60)
+        return info.value.code, json.loads(info.value.read().decode())
+
+    assert post(b"{not json")[0] == 400
+    status, reply = post({"request": {"kind": "generate", "lyrics": "[verse]\nhi", "duration": 5, "steps": 1}})
+    assert status == 400 and reply == {"detail": "steps must be an integer in [2, 1000], got 1", "code": "bad_request"}
+    song = Song(audio=torch.zeros(1, 2 * 48000), sample_rate=48000, latents=torch.zeros(1, 10, 64))
+    status, reply = post({"request": {"kind": "infill", "lyrics": "[verse]\nx", "start": 1.0, "end": 9.0},
+                          "song": base64.b64encode(song_to_bytes(song)).decode()})
+    assert status == 400 and reply["code"] == "bad_request" and "past the end of the song" in reply["detail"]
+
+    # the handle path streams the same refusal as an error event with its code
+    events = list(served["handle"].options(stream=True).events.remote({"request": {"kind": "remix"}}))
+    assert events == [{"type": "error", "message": "job kind 'remix' is not one of generate, extend, infill",
+                       "code": "bad_request"}]
+
+    # the codes a test cannot cheaply provoke over HTTP (a full queue waits in Serve's own admission first)
+    assert refusal(QueueFull("3 jobs are already waiting")).status_code == 503
+    assert refusal(JobError("project folder is outside the allowed roots", ErrorCode.FORBIDDEN)).status_code == 403
+    assert refusal(JobError("outside", ErrorCode.BAD_REQUEST)).status_code == 400  # the code decides, not the words
+    assert refusal(RequestError("tempo", "tempo must be ...")).status_code == 400
+    assert refusal(JobError("request body too big", ErrorCode.TOO_LARGE)).status_code == 413
+
+    if importlib.util.find_spec("muq") is None:  # a failure while rendering on the replica: code failed
+        engine = ServeEngine(served["url"])
+        try:
+            job = engine.submit(JobRequest(kind="generate", lyrics="[verse]\nhi", duration=2.0, steps=2, style="lofi"))
+            with pytest.raises(JobError, match="MuQ-MuLan") as info:
+                job.wait(180)
+            assert info.value.code is ErrorCode.FAILED and job.error_code == "failed"
+        finally:
+            engine.close()
 
 
 def test_bridge_against_serve(served, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from dr2studio.song import Song, sidecar_path
 from dr2studio.studio import Studio, StudioError
-from dr2studio.testing import build_tiny_model
+from dr2studio.lab.testing import build_tiny_model
 
 LYRICS = "[verse]\nhello world\nsing it loud\n"
 MORE = "[chorus]\nla la la\n"
@@ -180,7 +180,7 @@ def test_load_from_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_bad_input_errors(studio: Studio, style: torch.Tensor, song: Song) -> None:
-    with pytest.raises(StudioError, match="lyrics are empty"):
+    with pytest.raises(StudioError, match="lyrics is empty"):
         studio.generate("  \n", style, 3.0, steps=STEPS)
     for bad in (-1.0, 0.0, math.inf, 10_000.0):
         with pytest.raises(StudioError, match="duration"):
@@ -248,3 +248,21 @@ def test_example_session_script_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     printed = capsys.readouterr().out
     assert "unchanged: True" in printed and "3 takes" in printed
     assert (tmp_path / "s" / "fixed.dr2.safetensors").is_file()
+
+
+def test_typed_requests_render_what_the_keyword_calls_render(studio: Studio, style: torch.Tensor, song: Song) -> None:
+    """``Studio.run`` takes the typed request every front door builds; a request with the style as a 512-d
+    list (the wire form) renders the same take as the keyword call with the tensor."""
+    from dr2studio.requests import ExtendRequest, GenerateRequest, InfillRequest, SamplingRequest
+
+    sampling = dict(steps=STEPS, seed=11)
+    vector = [float(v) for v in style.tolist()]
+    made = studio.run(GenerateRequest(lyrics=LYRICS, style_embedding=vector, duration=3.0,
+                                      sampling=SamplingRequest(**sampling)))
+    assert torch.equal(made.latents, song.latents) and torch.equal(made.audio, song.audio)
+    longer = studio.run(ExtendRequest(lyrics=MORE, seconds=1.0, sampling=SamplingRequest(steps=STEPS, seed=3)), song)
+    assert torch.equal(longer.audio, studio.extend(song, MORE, seconds=1.0, steps=STEPS, seed=3).audio)
+    fixed = studio.run(InfillRequest(lyrics=MORE, start=1.0, end=2.0, sampling=SamplingRequest(steps=STEPS, seed=3)), song)
+    assert torch.equal(fixed.audio, studio.infill(song, 1.0, 2.0, MORE, steps=STEPS, seed=3).audio)
+    with pytest.raises(StudioError, match="needs the song"):
+        studio.run(InfillRequest(lyrics=MORE, start=1.0, end=2.0))

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from dr2studio.config import ConfigError
-from dr2studio.synth import SECTION_KINDS, SynthConfig, generate_song, key_name, parse_key, parse_style
-from dr2studio.synth.arrangement import plan_song
-from dr2studio.synth.song import song_from_plan
+from dr2studio.lab.synth import SECTION_KINDS, SynthConfig, generate_song, key_name, parse_key, parse_style
+from dr2studio.lab.synth.arrangement import plan_song
+from dr2studio.lab.synth.song import song_from_plan
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -148,7 +148,7 @@ def test_fine_tuning_adds_a_zero_clock_to_a_trained_dit(tmp_path) -> None:
 def test_studio_drives_the_clock_from_the_style_text_and_keeps_it_for_extend(tmp_path) -> None:
     from dr2studio.checkpoints import load_dit, save_dit
     from dr2studio.studio import Studio, StudioError
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
 
     path = build_tiny_model(tmp_path / "m", style_encoder=True)
     plain = load_dit(path, device="cpu", dtype=torch.float32)

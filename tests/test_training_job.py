@@ -92,9 +92,9 @@ def head_cluster(tmp_path):
 
 
 def _submit(address: str, env: dict[str, str], *entrypoint: str) -> subprocess.CompletedProcess:
-    """The documented `ray job submit --working-dir . --runtime-env-json "$(...runtime_env.py)" -- ...`."""
+    """The documented `ray job submit --working-dir . --runtime-env-json "$(... -m training.runtime_env)" -- ...`."""
     bin_dir = Path(sys.executable).parent
-    runtime_env = subprocess.run([str(bin_dir / "python"), "training/runtime_env.py"], cwd=REPO, env=env,
+    runtime_env = subprocess.run([str(bin_dir / "python"), "-m", "training.runtime_env"], cwd=REPO, env=env,
                                  capture_output=True, text=True, check=True).stdout.strip()
     cmd = [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
            "--runtime-env-json", runtime_env, "--", *entrypoint]
@@ -109,7 +109,7 @@ def _submit(address: str, env: dict[str, str], *entrypoint: str) -> subprocess.C
 def test_ray_job_submit_runs_a_stage_as_documented(head_cluster, tmp_path):
     address, env = head_cluster
     runs = tmp_path / "runs"
-    stage = ["python", "training/block_fm.py", "--smoke", "--storage-path", str(runs), "--name", "job",
+    stage = ["python", "-m", "training.block_fm", "--smoke", "--storage-path", str(runs), "--name", "job",
              "--max-steps", "4", "--set", "checkpoint_every=2", "--set", "report_every=2"]
     done = _submit(address, env, *stage)
     out = done.stdout + done.stderr

@@ -15,7 +15,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from dr2studio.data import Shard, load_index  # noqa: E402
-from training import block_fm, common, cppo, prepare_data, vae  # noqa: E402
+from training import block_fm, common, cppo, faults, prepare_data, vae  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -111,13 +111,13 @@ def _pattern_share(latents: torch.Tensor) -> float:
     return float((x @ q).pow(2).sum() / x.pow(2).sum())
 
 
-def test_block_fm_resumes_after_a_killed_worker_and_exports_a_studio_model(tmp_path):
+def test_block_fm_resumes_after_a_killed_worker_and_exports_a_studio_model(tmp_path, monkeypatch):
     from dr2studio.checkpoints import load_dit
     from dr2studio.lyrics import encode_lyrics
     from dr2studio.models.dit import DiT
     from dr2studio.studio import Studio
     from dr2studio.style import TagStyleEncoder
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
     from training.export import export_dit
     from training.smoke_data import make_latent_dataset
 
@@ -128,7 +128,8 @@ def test_block_fm_resumes_after_a_killed_worker_and_exports_a_studio_model(tmp_p
     data = make_latent_dataset(tmp_path / "data", num_songs=16, per_shard=8, styles=styles,
                                tokens=torch.tensor(encode_lyrics(lyrics, assets)))
     args = ["--smoke", "--storage-path", str(tmp_path), "--name", "bfm", "--set", f"data={data}",
-            "--set", f"assets_dir={assets}", "--set", "kill_at_step=15", "--set", "max_failures=1"]
+            "--set", f"assets_dir={assets}", "--set", "max_failures=1"]
+    monkeypatch.setenv(faults.KILL_AT_STEP_ENV, "15")  # test-only fault injection: rank 1 dies at step 15
     out = block_fm.main(args)
     cfg, _ = common.parse_args(block_fm.BlockFMTrainConfig, block_fm.smoke_config, args)
     steps = [m["step"] for m in common.read_metrics(cfg)]

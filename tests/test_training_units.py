@@ -233,3 +233,71 @@ def test_job_runtime_env_names_this_venv_without_resolving_its_symlink(tmp_path)
     assert env["env_vars"]["PATH"] == f"{Path(sys.executable).absolute().parent}:${{PATH}}"  # Ray expands ${PATH}
     with pytest.raises(SystemExit, match="is not an executable Python interpreter"):
         main(["--python", str(tmp_path / "nope")])
+
+
+def test_solver_owns_the_step_tail_cadence_and_the_final_checkpoint(tmp_path, monkeypatch):
+    import ray.train
+
+    from training.solver import Solver
+
+    reports: list[tuple[dict, dict | None]] = []
+
+    def report(metrics, checkpoint=None, checkpoint_dir_name=None):  # what Ray Train would receive
+        meta = common.read_checkpoint_meta(checkpoint.path) if checkpoint is not None else None
+        reports.append((metrics, meta))
+
+    monkeypatch.setattr(ray.train, "report", report)
+    cfg = common.TrainConfig(name="solver", storage_path=str(tmp_path), max_steps=5, checkpoint_every=2,
+                             report_every=1, warmup_steps=4, grad_clip=1e-3)
+    ctx = common.WorkerContext(0, 1, torch.device("cpu"))
+    model = torch.nn.Linear(3, 1)
+    opt = common.make_optimizer(model.parameters(), cfg)
+    sched = common.make_scheduler(opt, cfg)
+    solver = Solver(cfg, ctx, {"config": cfg.to_dict()}, modules={"net": model}, optimizers={"adamw": (model, opt)},
+                    schedulers={"warmup": sched})
+    assert solver.step == 0 and solver.position == DataPosition()
+    norms = []
+    for done in solver.steps():
+        before = model.weight.detach().clone()
+        norm = solver.optimize(model(torch.ones(4, 3)).pow(2).mean() + 10, model, opt)
+        assert norm > cfg.grad_clip and not torch.equal(before, model.weight)  # clipped, then stepped
+        norms.append(norm)
+        solver.end_step({"loss": 1.0, "grad_norm": norm}, units=12.0, position=DataPosition(0, done + 1))
+    assert solver.step == 5 and len(norms) == 5
+    assert [m["step"] for m, _ in reports] == [1, 2, 3, 4, 5]
+    assert [m["lr"] for m, _ in reports] == pytest.approx([cfg.lr * f for f in (0.5, 0.75, 1.0, 1.0, 1.0)])
+    # checkpoints every 2 steps and at the end, each with its own step and data position
+    saved = [(meta["step"], meta["position"]["batch"]) for _, meta in reports if meta is not None]
+    assert saved == [(2, 2), (4, 4), (5, 5)]
+    assert [m["step"] for m in common.read_metrics(cfg)] == [1, 2, 3, 4, 5]
+
+
+def test_fault_injection_is_a_test_switch_outside_the_training_config(monkeypatch):
+    from training import faults
+
+    assert "kill_at_step" not in {f.name for f in dataclasses.fields(common.TrainConfig)}
+    legacy = common.TrainConfig.from_dict({"kill_at_step": 3})  # an old config file still loads
+    assert legacy.extra == {"kill_at_step": 3}
+    monkeypatch.delenv(faults.KILL_AT_STEP_ENV, raising=False)
+    assert faults.from_environment() == faults.FaultPlan()
+    monkeypatch.setenv(faults.KILL_AT_STEP_ENV, "15")
+    plan = faults.from_environment()
+    assert plan.kill_at_step == 15
+    assert faults.FaultPlan.from_loop_config({"config": {}, faults.LOOP_CONFIG_KEY: plan.to_dict()}) == plan
+    assert faults.FaultPlan.from_loop_config({"config": {}}) == faults.FaultPlan()
+    monkeypatch.setenv(faults.KILL_AT_STEP_ENV, "soon")
+    with pytest.raises(SystemExit, match=faults.KILL_AT_STEP_ENV):
+        faults.from_environment()
+
+
+def test_stages_run_as_modules_without_path_edits():
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    for stage in ("vae", "block_fm", "cppo", "prepare_data", "synth_songs", "runtime_env"):
+        source = (repo / "training" / f"{stage}.py").read_text(encoding="utf-8")
+        assert "sys.path" not in source, stage
+    done = subprocess.run([sys.executable, "-m", "training.block_fm", "--help"], cwd=repo, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "--smoke" in done.stdout, done.stderr[-2000:]

@@ -1,8 +1,8 @@
 """Stage 2: block flow matching with stochastic block REPA, on Ray Train.
 
-    python training/block_fm.py --config training/configs/block_fm_tiny.json
-    python training/block_fm.py --smoke                      # tiny model, synthetic latents, 2 CPU workers
-    ray job submit --working-dir . -- python training/block_fm.py --config cfg.json --storage-path /shared/runs
+    python -m training.block_fm --config training/configs/block_fm_tiny.json
+    python -m training.block_fm --smoke                      # tiny model, synthetic latents, 2 CPU workers
+    ray job submit --working-dir . -- python -m training.block_fm --config cfg.json --storage-path /shared/runs
 
 Trains a :class:`dr2studio.models.dit.DiT` on the shards written by ``prepare_data.py`` with the
 :class:`dr2studio.flow.block_fm.BlockFlowMatching` objective (paper sequence layout and mask,
@@ -16,12 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
-
-if __package__ in (None, ""):  # run as a script: make `training` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -33,6 +29,7 @@ from dr2studio.models.dit import DecoderLayer, DiT, DiTConfig
 from training import common
 from training.common import TrainConfig
 from training.export import export_dit, read_training_info
+from training.solver import Solver, fit_and_export
 
 __all__ = ["BlockFMTrainConfig", "smoke_config", "build_dit", "train_loop", "export", "stage_info", "main"]
 
@@ -130,42 +127,26 @@ def train_loop(loop_config: dict) -> None:
     objective = BlockFlowMatching(model, BlockFMConfig.from_dict(cfg.objective))
     wrapped = common.prepare(objective, cfg, fsdp_wrap={DecoderLayer})
     opt = common.make_optimizer(wrapped.parameters(), cfg)
-    sched = common.make_scheduler(opt, cfg)
-    modules, optimizers, schedulers = {"objective": wrapped}, {"adamw": (wrapped, opt)}, {"warmup": sched}
-    state = common.restore(modules=modules, optimizers=optimizers, schedulers=schedulers)
+    solver = Solver(cfg, ctx, loop_config, unit="frames", modules={"objective": wrapped},
+                    optimizers={"adamw": (wrapped, opt)}, schedulers={"warmup": common.make_scheduler(opt, cfg)})
 
     frames_per_minute = None
     if model.clock_embed is not None:  # the clock runs in beats per latent frame: bpm / frames per minute
         frames_per_minute = 60.0 * index.latent_rate
     stream = ShardStream(cfg.data, cfg.batch_size, functools.partial(collate_examples, max_frames=cfg.max_frames),
                          rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
-    batches = stream.iter_from(state.position)
-    reporter = common.StepReporter(cfg, ctx, unit="frames")
-    step = state.step
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank * 104_729 + step)
-    while step < cfg.max_steps:
-        common.maybe_kill(cfg, ctx, step)
+    batches = stream.iter_from(solver.position)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank * 104_729 + solver.step)
+    for _ in solver.steps():
         batch, position = next(batches)
         batch = batch.to(ctx.device)
         bpf = None if frames_per_minute is None or batch.tempo is None else batch.tempo / frames_per_minute
         with common.autocast(cfg, ctx.device):
             out = wrapped(batch.latents, batch.latent_mask.sum(1), batch.tokens, batch.token_mask.sum(1),
                           batch.style, _repa_targets(batch, ssl_names), generator=gen, beats_per_frame=bpf)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = common.clip_grad(wrapped, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-
-        def save(directory: Path, write: bool, step: int = step, position=position) -> None:
-            common.save_checkpoint(directory, modules=modules, optimizers=optimizers, schedulers=schedulers,
-                                   step=step, position=position, config=cfg, write=write)
-
-        reporter.report(step, {"loss": out.loss.item(), "fm_loss": out.fm_loss.item(), "repa_loss": out.repa_loss.item(),
-                               "grad_norm": grad_norm, "epoch": position.epoch},
-                        units=out.frames, lr=sched.get_last_lr()[0], checkpoint=save,
-                        force_checkpoint=step == cfg.max_steps)
+        grad_norm = solver.optimize(out.loss, wrapped, opt)
+        solver.end_step({"loss": out.loss.item(), "fm_loss": out.fm_loss.item(), "repa_loss": out.repa_loss.item(),
+                         "grad_norm": grad_norm, "epoch": position.epoch}, units=out.frames, position=position)
 
 
 def export(cfg: BlockFMTrainConfig, checkpoint_dir: str | Path, dst: str | Path | None = None) -> Path:
@@ -197,15 +178,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cfg, args = common.parse_args(BlockFMTrainConfig, smoke_config, argv, description=__doc__.splitlines()[0])
     if not cfg.data:
         if not args.smoke:
-            raise SystemExit("block_fm.py: set `data` (a shard folder from prepare_data.py) or use --smoke")
+            raise SystemExit("training.block_fm: set `data` (a shard folder from prepare_data.py) or use --smoke")
         from training.smoke_data import make_latent_dataset
 
         cfg.data = str(make_latent_dataset(common.run_dir(cfg) / "smoke-data", num_songs=32))
-    result = common.fit(train_loop, cfg)
-    with result.checkpoint.as_directory() as d:
-        out = export(cfg, d)
-    print(f"exported {out}")
-    return out
+    return fit_and_export(train_loop, cfg, export)
 
 
 if __name__ == "__main__":

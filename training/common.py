@@ -7,7 +7,8 @@ data position when the same run is started again, ``FailureConfig(max_failures)`
 step (losses, learning rate, throughput), and an export to the model-directory layout.
 
 Worker side: :func:`worker_context`, :func:`prepare`, :func:`make_optimizer`,
-:func:`warmup_scheduler`, :func:`autocast`, :func:`restore` and :class:`StepReporter`.
+:func:`warmup_scheduler`, :func:`autocast`, :func:`restore` and :class:`StepReporter` (the loop
+itself is :class:`training.solver.Solver`).
 Driver side: :func:`parse_args` (with :func:`absolute_paths`) and :func:`fit`.
 
 Checkpoint directory (written by rank 0, read by every rank on resume)::
@@ -35,8 +36,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dr2studio.atomic import default_file_mode
 from dr2studio.config import ConfigError, JsonConfig, atomic_write_text
 from dr2studio.data.stream import DataPosition
+from dr2studio.vae.train_step import clip_grad
 
 __all__ = [
     "TrainConfig",
@@ -56,7 +59,6 @@ __all__ = [
     "read_checkpoint_meta",
     "load_checkpoint_module",
     "StepReporter",
-    "maybe_kill",
     "parse_args",
     "fit",
     "run_dir",
@@ -101,7 +103,6 @@ class TrainConfig(JsonConfig):
     mixed_precision: str = "bf16"  # "bf16" or "fp32"; bf16 autocast applies on GPU only
     activation_checkpointing: bool = True  # applied on GPU only (CPU runs are tiny)
     export_dir: str = ""  # where the final model directory goes ("" = <run dir>/export)
-    kill_at_step: int = 0  # fault injection: rank 1 kills itself once at this step (tests resume)
     resume: bool = False  # continue a run started by another user or with another config (see claim_run)
 
     def validate(self) -> None:
@@ -216,18 +217,6 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
     if device.type == "cuda" and cfg.mixed_precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def clip_grad(module: nn.Module, max_norm: float) -> float:
-    """Clip the gradient norm (0 disables clipping); returns the norm before clipping."""
-    params = [p for p in module.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    if max_norm <= 0:
-        return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))
-    if hasattr(module, "clip_grad_norm_"):  # FSDP computes the global norm across shards
-        return float(module.clip_grad_norm_(max_norm))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
 def _full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -345,45 +334,6 @@ def restore(
             sched.load_state_dict(state["schedulers"][name])
     log.info("resumed at step %d from %s", meta["step"], checkpoint.path)
     return ResumeState(meta["step"], DataPosition.from_dict(meta["position"]), meta.get("extra", {}), checkpoint.path)
-
-
-def maybe_kill(cfg: TrainConfig, ctx: WorkerContext, step: int) -> None:
-    """Fault injection for the resume path: the last rank SIGKILLs itself once, at ``kill_at_step``
-    (a marker file in the run folder makes it once per run, across restarts)."""
-    if not cfg.kill_at_step or step != cfg.kill_at_step or ctx.rank != ctx.world_size - 1:
-        return
-    marker = run_dir(cfg) / f".killed-at-{step}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("fault injection\n")
-    _wait_for_registered_checkpoint(cfg, step)
-    log.warning("kill_at_step=%d: killing rank %d", step, ctx.rank)
-    os.kill(os.getpid(), 9)
-
-
-def _wait_for_registered_checkpoint(cfg: TrainConfig, step: int, timeout_s: float = 60.0) -> None:
-    """Hold the injected fault until Ray's controller has registered the newest checkpoint.
-
-    Workers hand checkpoints to the controller, which picks reports up once per poll (2 s by
-    default). A fault a few fast steps after a checkpoint can land before the controller has seen
-    it, and the group then restarts from the previous one (or from scratch): correct for Ray, but
-    not the resume this fault exists to exercise. The controller's registry is the checkpoint
-    manager snapshot it writes into the run folder (a Ray Train v2 file; if it never names the
-    checkpoint, the fault fires anyway after ``timeout_s``).
-    """
-    last = (step // cfg.checkpoint_every) * cfg.checkpoint_every
-    if last <= 0 or "://" in cfg.storage_path:
-        return
-    snapshot = run_dir(cfg) / "checkpoint_manager_snapshot.json"
-    wanted = f"checkpoint_{last:08d}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if wanted in snapshot.read_text(encoding="utf-8"):
-                return
-        time.sleep(0.1)
-    log.warning("kill_at_step=%d: Ray has not registered %s after %.0f s", step, wanted, timeout_s)
 
 
 def run_dir(cfg: TrainConfig) -> Path:
@@ -552,6 +502,7 @@ def fit(train_fn: Callable[[dict], None], cfg: TrainConfig) -> Any:
 
     import training
     from ray import cloudpickle
+    from training import faults
 
     claim_run(cfg)
     # ship the training package with the function, so workers need only dr2studio installed
@@ -561,7 +512,8 @@ def fit(train_fn: Callable[[dict], None], cfg: TrainConfig) -> Any:
     storage = cfg.storage_path if "://" in cfg.storage_path else str(Path(os.path.expanduser(cfg.storage_path)).resolve())
     trainer = TorchTrainer(
         train_fn,
-        train_loop_config={"config": cfg.to_dict()},
+        # test-only fault injection travels beside the config, never in it
+        train_loop_config={"config": cfg.to_dict(), faults.LOOP_CONFIG_KEY: faults.from_environment().to_dict()},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -591,7 +543,8 @@ RUN_RECORD = "dr2run.json"
 #: checkpoints; everything else (model, data, optimiser, seed) defines the run
 CONTINUATION_FIELDS = frozenset({
     "name", "storage_path", "max_steps", "decay_steps", "num_workers", "use_gpu", "strategy", "checkpoint_every",
-    "report_every", "num_to_keep", "max_failures", "kill_at_step", "export_dir", "resume",
+    "report_every", "num_to_keep", "max_failures", "export_dir", "resume",
+    "kill_at_step",  # a test switch of older config files (now the DR2STUDIO_TEST_KILL_AT_STEP variable)
 })
 
 
@@ -666,17 +619,6 @@ def claim_run(cfg: TrainConfig) -> Path | None:
     atomic_write_text(record_path, json.dumps({**mine, "created": time.time()}, indent=2, default=str) + "\n")
     make_group_readable(record_path)
     return record_path
-
-
-def default_file_mode() -> int:
-    """The mode ``open()`` gives a new file here (0o666 less the umask; 0o644 under the usual 022)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    mask = os.umask(0o022)  # no /proc: read the umask by setting it, and put it straight back
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def make_group_readable(*paths: str | os.PathLike) -> None:

@@ -1,7 +1,7 @@
 """Stage 3: cross-pair preference optimisation (CPPO) on Ray Train, then a weight-average merge.
 
-    python training/cppo.py --config cppo.json        # preferences JSONL + a model directory to start from
-    python training/cppo.py --smoke                   # tiny model, synthetic preferences, 2 CPU workers
+    python -m training.cppo --config cppo.json        # preferences JSONL + a model directory to start from
+    python -m training.cppo --smoke                   # tiny model, synthetic preferences, 2 CPU workers
 
 Preference data (JSONL, paths relative to the file). Either one line per pair::
 
@@ -26,12 +26,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
-
-if __package__ in (None, ""):  # run as a script: make `training` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -56,6 +52,7 @@ from training import common
 from training.common import TrainConfig
 from training.export import export_dit
 from training.prepare_data import load_plugin
+from training.solver import Solver
 
 __all__ = ["CPPOTrainConfig", "smoke_config", "load_candidates", "write_pairs", "PairStream", "train_loop", "main"]
 
@@ -251,18 +248,14 @@ def train_loop(loop_config: dict) -> None:
     ref.eval().requires_grad_(False)
     wrapped = common.prepare(FlowErrors(BlockFlowMatching(policy, BlockFMConfig())), cfg, fsdp_wrap={DecoderLayer})
     opt = common.make_optimizer(wrapped.parameters(), cfg)
-    sched = common.make_scheduler(opt, cfg)
-    modules, optimizers, schedulers = {"policy": wrapped}, {"adamw": (wrapped, opt)}, {"warmup": sched}
-    state = common.restore(modules=modules, optimizers=optimizers, schedulers=schedulers)
+    solver = Solver(cfg, ctx, loop_config, unit="frames", modules={"policy": wrapped},
+                    optimizers={"adamw": (wrapped, opt)}, schedulers={"warmup": common.make_scheduler(opt, cfg)})
     stream = PairStream(cfg.pairs_file, cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
                         max_frames=cfg.max_frames)
-    batches = stream.iter_from(state.position)
-    reporter = common.StepReporter(cfg, ctx, unit="frames")
+    batches = stream.iter_from(solver.position)
     block = policy.config.block_size
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank * 104_729 + state.step)
-    step = state.step
-    while step < cfg.max_steps:
-        common.maybe_kill(cfg, ctx, step)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank * 104_729 + solver.step)
+    for _ in solver.steps():
         batch, position = next(batches)
         batch = batch.to(ctx.device)
         half = batch.latents.shape[0] // 2
@@ -275,19 +268,8 @@ def train_loop(loop_config: dict) -> None:
             with torch.no_grad():
                 ref_err = ref(*args)
         loss, metrics = fm_dpo_loss(err[:half], err[half:], ref_err[:half], ref_err[half:], cfg.beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = common.clip_grad(wrapped, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-
-        def save(directory: Path, write: bool, step: int = step, position=position) -> None:
-            common.save_checkpoint(directory, modules=modules, optimizers=optimizers, schedulers=schedulers,
-                                   step=step, position=position, config=cfg, write=write)
-
-        reporter.report(step, {"loss": loss.item(), "grad_norm": grad_norm, **metrics}, units=batch.frames,
-                        lr=sched.get_last_lr()[0], checkpoint=save, force_checkpoint=step == cfg.max_steps)
+        grad_norm = solver.optimize(loss, wrapped, opt)
+        solver.end_step({"loss": loss.item(), "grad_norm": grad_norm, **metrics}, units=batch.frames, position=position)
 
 
 def _policy_state(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -333,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.smoke and not cfg.preferences:
         _make_smoke_data(cfg, common.run_dir(cfg) / "smoke-data")
     if not cfg.preferences or not cfg.init_from:
-        raise SystemExit("cppo.py: set `preferences` (JSONL) and `init_from` (a model directory), or use --smoke")
+        raise SystemExit("training.cppo: set `preferences` (JSONL) and `init_from` (a model directory), or use --smoke")
     work = common.run_dir(cfg)
     common.claim_run(cfg)  # before writing pair files into the folder (each group's run is claimed by fit)
     work.mkdir(parents=True, exist_ok=True)
@@ -353,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                      assets_dir=cfg.init_from, stage="cppo",
                      info={"groups": info, "merge": "weight average", "merge_weights": cfg.merge_weights or "equal",
                            "beta": cfg.beta, "init_from": cfg.init_from})
-    print(f"exported {out}")
+    log.info("exported %s", out)
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dr2studio.config import atomic_write_text
+from dr2studio.atomic import atomic_path, atomic_write_text
 from dr2studio.models.dit import DiT, DiTConfig
 from training.common import make_group_readable
 
@@ -41,9 +41,8 @@ def copy_assets(src: str | os.PathLike | None, dst: Path, skip: tuple[str, ...] 
     for name in ASSET_FILES:
         if name in skip or not (src / name).is_file():
             continue
-        tmp = dst / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(src / name, tmp)
-        os.replace(tmp, dst / name)
+        with atomic_path(dst / name) as tmp:
+            shutil.copyfile(src / name, tmp)
         copied.append(name)
     return copied
 

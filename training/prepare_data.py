@@ -1,6 +1,6 @@
 """Stage 0: songs (a JSONL manifest) -> training shards, with Ray Data.
 
-    python training/prepare_data.py --manifest songs/manifest.jsonl --output data/shards \\
+    python -m training.prepare_data --manifest songs/manifest.jsonl --output data/shards \\
         --set encoder_kwargs='{"model_dir": "models/ours"}' --set tokenizer_kwargs='{"vocab": "models/ours"}'
 
 Pipeline: read the manifest -> decode with soundfile, mix to mono, resample to the encoder's rate
@@ -22,12 +22,8 @@ import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
-
-if __package__ in (None, ""):  # run as a script: make `training` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -429,7 +425,7 @@ def _smoke_setup(root: Path) -> dict[str, Any]:
     """Synthetic songs and a small random model folder (encoder, tag style encoder, phoneme table):
     a CPU check of the whole pipeline with nothing downloaded."""
     from dr2studio.models.encoder import EncoderConfig, MusicEncoder, save_encoder
-    from dr2studio.testing import build_tiny_model
+    from dr2studio.lab.testing import build_tiny_model
     from training.smoke_data import make_audio_manifest
 
     manifest = make_audio_manifest(root / "songs", num_songs=6, seconds=5.0, sample_rate=16000)

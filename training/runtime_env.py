@@ -1,14 +1,14 @@
 """The Ray runtime environment that runs a submitted training job in this Python environment.
 
-Why: ``ray job submit -- python training/block_fm.py`` runs its entry point through a shell on the
+Why: ``ray job submit -- python -m training.block_fm`` runs its entry point through a shell on the
 head node, with the PATH the head was started with. A head started as ``.venv/bin/ray start --head``
 without the venv activated therefore finds no ``python`` (or the system's, without torch). This
 prints a runtime env (for ``--runtime-env-json``) that puts this interpreter's folder first on the
 job's PATH (Ray expands ``${PATH}`` to the head's own) and names this interpreter as every worker's
 ``py_executable``, so the driver and the Ray Train workers all run where dr2studio is installed::
 
-    ray job submit --working-dir . --runtime-env-json "$(.venv/bin/python training/runtime_env.py)" \\
-        -- python training/block_fm.py --smoke
+    ray job submit --working-dir . --runtime-env-json "$(.venv/bin/python -m training.runtime_env)" \\
+        -- python -m training.block_fm --smoke
 
 The paths are this machine's: on a multi-node cluster every node needs the same environment at the
 same path (or leave the option out where the nodes' own ``python`` has dr2studio).

@@ -1,9 +1,9 @@
 """Write a dataset of procedural songs (audio, LRC lyrics, style text) and its JSONL manifest.
 
-    python training/synth_songs.py --out data/synth --count 400 --seed 0
-    python training/synth_songs.py --out data/synth --count 8 --seed 0 --min-seconds 10 --max-seconds 20
+    python -m training.synth_songs --out data/synth --count 400 --seed 0
+    python -m training.synth_songs --out data/synth --count 8 --seed 0 --min-seconds 10 --max-seconds 20
 
-Song ``i`` uses seed ``SEED + i`` (:func:`dr2studio.synth.generate_song`), so the same arguments give
+Song ``i`` uses seed ``SEED + i`` (:func:`dr2studio.lab.synth.generate_song`), so the same arguments give
 the same files byte for byte. Held-out evaluation (``benchmarks/demo_quality.py``) uses seeds from
 900000 on: keep training seeds below that.
 
@@ -35,13 +35,11 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the checkout importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import soundfile as sf
 
+from dr2studio.atomic import atomic_path
 from dr2studio.config import ConfigError, atomic_write_text
-from dr2studio.synth import GENRES, SynthConfig, SynthSong, generate_song
+from dr2studio.lab.synth import GENRES, SynthConfig, SynthSong, generate_song
 
 __all__ = ["write_song", "write_dataset", "main"]
 
@@ -52,13 +50,8 @@ MANIFEST = "manifest.jsonl"
 def write_song(song: SynthSong, out_dir: Path, name: str) -> dict:
     """Write ``name``.wav and ``name``.lrc into ``out_dir`` atomically; returns the manifest row."""
     wav = out_dir / f"{name}.wav"
-    tmp = out_dir / f".{name}.wav.tmp-{os.getpid()}"
-    try:
+    with atomic_path(wav) as tmp:
         sf.write(str(tmp), song.audio, song.sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, wav)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     atomic_write_text(out_dir / f"{name}.lrc", song.lyrics)
     meta = song.metadata()
     return {

@@ -1,8 +1,8 @@
 """Stage 1: the music VAE (encoder + BigVGAN decoder) against discriminators, on Ray Train.
 
-    python training/vae.py --config vae.json          # manifest of songs; our own encoder and decoder
-    python training/vae.py --smoke                    # tiny VAE, synthetic tones, 2 CPU workers
-    python training/vae.py --set manifest=songs.jsonl --set decoder_from=/models/DiffRhythm2
+    python -m training.vae --config vae.json          # manifest of songs; our own encoder and decoder
+    python -m training.vae --smoke                    # tiny VAE, synthetic tones, 2 CPU workers
+    python -m training.vae --set manifest=songs.jsonl --set decoder_from=/models/DiffRhythm2
         # train only an encoder into the released decoder's latent space (the decoder stays frozen)
 
 The generator (encoder -> decoder) and the discriminators (multi-period, multi-resolution, CQT) are
@@ -11,19 +11,17 @@ those of :mod:`dr2studio.vae.losses`: multi-scale mel, multi-resolution STFT, le
 adversarial and feature matching (plus KL when the encoder has ``kl=True``). The discriminator sees
 real and generated audio in one batch (one forward through the data-parallel wrapper); the
 generator's adversarial pass runs the unwrapped, frozen discriminator so no gradient reaches it.
-The export writes ``encoder.*`` and ``decoder.*`` into a model directory.
+The step itself is :class:`dr2studio.vae.train_step.VAEStep` (the one the unit tests exercise); the
+loop around it is :class:`training.solver.Solver`. The export writes ``encoder.*`` and ``decoder.*`` into a model directory.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import functools
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
-
-if __package__ in (None, ""):  # run as a script: make `training` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
@@ -33,16 +31,10 @@ from dr2studio.data.manifest import read_manifest
 from dr2studio.models.bigvgan import BigVGANDecoder, DecoderConfig
 from dr2studio.models.discriminators import DiscriminatorConfig, build_discriminators
 from dr2studio.models.encoder import EncoderConfig, MusicEncoder
-from dr2studio.vae.losses import (
-    MultiResolutionSTFTLoss,
-    MultiScaleMelLoss,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_adversarial_loss,
-)
-from dr2studio.vae.train_step import VAELossConfig, prepare_batch, regulariser_terms
+from dr2studio.vae.train_step import Generator, VAELossConfig, VAEStep
 from training import common
 from training.common import TrainConfig
+from training.solver import Solver, fit_and_export
 
 __all__ = ["VAETrainConfig", "smoke_config", "Generator", "build_models", "train_loop", "export", "main"]
 
@@ -101,22 +93,6 @@ def smoke_config() -> VAETrainConfig:
     )
 
 
-class Generator(nn.Module):
-    """Encoder then decoder, as one module so a data-parallel wrapper sees the whole generator pass.
-
-    ``forward(enc_in [B, 1, N_enc])`` -> (audio ``[B, 1, T*hop]``, mean ``[B, T, C]``, std or None).
-    """
-
-    def __init__(self, encoder: MusicEncoder, decoder: BigVGANDecoder) -> None:
-        super().__init__()
-        self.encoder, self.decoder = encoder, decoder
-
-    def forward(self, enc_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        mean, std = self.encoder.moments(enc_in)
-        latents = mean if std is None else mean + std * torch.randn_like(std)
-        return self.decoder(latents.transpose(1, 2)), mean, std
-
-
 def build_models(cfg: VAETrainConfig) -> tuple[Generator, nn.Module]:
     """The generator (fresh or from ``encoder_from`` / ``decoder_from``) and the discriminators."""
     from dr2studio.models.bigvgan import load_decoder
@@ -147,93 +123,37 @@ def build_models(cfg: VAETrainConfig) -> tuple[Generator, nn.Module]:
     return Generator(encoder, decoder), build_discriminators(disc_cfg)
 
 
-def _split(outputs: tuple[list[torch.Tensor], list[list[torch.Tensor]]], n: int):
-    """Split discriminator outputs of a ``[real; fake]`` batch into the real and the fake halves."""
-    logits, feats = outputs
-    real = ([x[:n] for x in logits], [[f[:n] for f in fs] for fs in feats])
-    fake = ([x[n:] for x in logits], [[f[n:] for f in fs] for fs in feats])
-    return real, fake
-
-
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg = VAETrainConfig.from_dict(loop_config["config"])
     ctx = common.worker_context()
     common.seed_everything(cfg.seed)
     gen, disc = build_models(cfg)
-    losses_cfg = VAELossConfig.from_dict(cfg.losses)
-    sr = gen.decoder.sample_rate
-    mel_loss = MultiScaleMelLoss(sr, losses_cfg.mel_n_ffts, losses_cfg.mel_n_mels).to(ctx.device)
-    stft_loss = MultiResolutionSTFTLoss(losses_cfg.stft_resolutions).to(ctx.device)
     g = common.prepare(gen, cfg)
     d = common.prepare(disc, cfg)
     opt_g = common.make_optimizer(g.parameters(), cfg)
     opt_d = common.make_optimizer(d.parameters(), cfg, lr=cfg.disc_lr or cfg.lr)
-    sched_g, sched_d = common.make_scheduler(opt_g, cfg), common.make_scheduler(opt_d, cfg)
-    modules = {"generator": g, "discriminator": d}
-    optimizers = {"generator": (g, opt_g), "discriminator": (d, opt_d)}
-    schedulers = {"generator": sched_g, "discriminator": sched_d}
-    state = common.restore(modules=modules, optimizers=optimizers, schedulers=schedulers)
+    solver = Solver(cfg, ctx, loop_config, unit="samples",
+                    modules={"generator": g, "discriminator": d},
+                    optimizers={"generator": (g, opt_g), "discriminator": (d, opt_d)},
+                    schedulers={"generator": common.make_scheduler(opt_g, cfg),
+                                "discriminator": common.make_scheduler(opt_d, cfg)})
     if cfg.decoder_frozen:
         common.unwrap(g).decoder.eval()
     if not cfg.train_encoder:
         common.unwrap(g).encoder.eval()
+    step = VAEStep(g, d, opt_g, opt_d, VAELossConfig.from_dict(cfg.losses), grad_clip=cfg.grad_clip,
+                   autocast=functools.partial(common.autocast, cfg, ctx.device), step=solver.step)
 
-    rows = read_manifest(cfg.manifest)
-    stream = AudioSegmentStream(rows, sr, int(cfg.segment_seconds * sr), cfg.batch_size,
+    sr = gen.decoder.sample_rate
+    stream = AudioSegmentStream(read_manifest(cfg.manifest), sr, int(cfg.segment_seconds * sr), cfg.batch_size,
                                 rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
-    batches = stream.iter_from(state.position)
-    reporter = common.StepReporter(cfg, ctx, unit="samples")
-    inner_gen, inner_disc = common.unwrap(g), common.unwrap(d)
-    step = state.step
-    while step < cfg.max_steps:
-        common.maybe_kill(cfg, ctx, step)
+    batches = stream.iter_from(solver.position)
+    for _ in solver.steps():
         audio, position = next(batches)
-        enc_in, target = prepare_batch(audio.to(ctx.device), sr, inner_gen.encoder, inner_gen.decoder)
-        adversarial = step >= losses_cfg.adversarial_start_step
-        with common.autocast(cfg, ctx.device):
-            pred, mean, std = g(enc_in)
-        out: dict[str, float] = {}
-        if adversarial:  # discriminator step on [real; fake]
-            with common.autocast(cfg, ctx.device):
-                (real_l, _), (fake_l, _) = _split(d(torch.cat((target, pred.detach().to(target.dtype)))), target.shape[0])
-                loss_d = discriminator_loss(real_l, fake_l)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            out["disc_grad_norm"] = common.clip_grad(d, losses_cfg.grad_clip)
-            opt_d.step()
-            out["loss_disc"] = loss_d.item()
-        with common.autocast(cfg, ctx.device):
-            mel, stft = mel_loss(pred.float(), target), stft_loss(pred.float(), target)
-            extra, terms = regulariser_terms(losses_cfg, pred, target, mean, std, inner_gen.decoder.hop_length)
-            total = losses_cfg.mel_weight * mel + losses_cfg.stft_weight * stft + extra
-            out.update({k: v.item() for k, v in terms.items()})
-            if adversarial:
-                inner_disc.requires_grad_(False)
-                try:
-                    fake_logits, fake_feats = inner_disc(pred)
-                    with torch.no_grad():
-                        _, real_feats = inner_disc(target)
-                finally:
-                    inner_disc.requires_grad_(True)
-                adv, fm = generator_adversarial_loss(fake_logits), feature_matching_loss(real_feats, fake_feats)
-                total = total + losses_cfg.adversarial_weight * adv + losses_cfg.feature_weight * fm
-                out.update(loss_adv=adv.item(), loss_fm=fm.item())
-        opt_g.zero_grad(set_to_none=True)
-        total.backward()
-        out["grad_norm"] = common.clip_grad(g, cfg.grad_clip)
-        opt_g.step()
-        sched_g.step()
-        sched_d.step()
-        step += 1
-
-        def save(directory: Path, write: bool, step: int = step, position=position) -> None:
-            common.save_checkpoint(directory, modules=modules, optimizers=optimizers, schedulers=schedulers,
-                                   step=step, position=position, config=cfg, write=write)
-
-        reporter.report(step, {"loss": total.item(), "loss_mel": mel.item(), "loss_stft": stft.item(), **out},
-                        units=float(target.numel()), lr=sched_g.get_last_lr()[0], checkpoint=save,
-                        force_checkpoint=step == cfg.max_steps)
+        out = step(audio, sr)
+        out["loss"] = out.pop("loss_gen")
+        solver.end_step(out, units=float(step.target_samples), position=position)
 
 
 def export(cfg: VAETrainConfig, checkpoint_dir: str | Path, dst: str | Path | None = None) -> Path:
@@ -269,16 +189,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cfg, args = common.parse_args(VAETrainConfig, smoke_config, argv, description=__doc__.splitlines()[0])
     if not cfg.manifest:
         if not args.smoke:
-            raise SystemExit("vae.py: set `manifest` (a JSONL of songs) or use --smoke")
+            raise SystemExit("training.vae: set `manifest` (a JSONL of songs) or use --smoke")
         from training.smoke_data import make_audio_manifest
 
         sr = cfg.decoder_config().sampling_rate
         cfg.manifest = str(make_audio_manifest(common.run_dir(cfg) / "smoke-data", num_songs=8, seconds=2.0, sample_rate=sr))
-    result = common.fit(train_loop, cfg)
-    with result.checkpoint.as_directory() as d:
-        out = export(cfg, d)
-    print(f"exported {out}")
-    return out
+    return fit_and_export(train_loop, cfg, export)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import torch
 
 from dr2studio.audio.io import write_audio
 from dr2studio.audio.project_manifest import ManifestError, load_manifest, take_entry, write_manifest
+from dr2studio.requests import DAWS  # the one list of project layouts (re-exported here)
 
 try:  # POSIX only; elsewhere the manifest update is atomic but not serialised
     import fcntl
@@ -48,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DAWS = ("ableton", "reaper", "generic")
 MANIFEST_NAME = "dr2studio.json"
 _RECORD_PATH = re.compile(r'^\s*RECORD_PATH\s+(?:"([^"]*)"|(\S+))', re.MULTILINE)
 _SAMPLERATE = re.compile(r"^\s*SAMPLERATE\s+(\d+)", re.MULTILINE)

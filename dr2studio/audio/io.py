@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from dr2studio.atomic import atomic_path
 
 __all__ = [
     "AudioError",
@@ -107,15 +108,11 @@ def write_audio(
         if peak > 1.0:
             log.warning("clipping %s: peak %.3f is above full scale", path.name, peak)
             audio = audio.clamp(-1.0, 1.0)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
-        sf.write(str(tmp), audio.numpy().T, int(sample_rate), subtype=subtype, format=fmt)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            sf.write(str(tmp), audio.numpy().T, int(sample_rate), subtype=subtype, format=fmt)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"cannot write {path}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

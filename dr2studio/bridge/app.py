@@ -15,6 +15,7 @@ from dr2studio.bridge.midi import MidiController, MidiTcpServer, open_virtual_po
 from dr2studio.bridge.midifile import import_midi_file, import_midi_path, imported_message
 from dr2studio.bridge.osc import DEFAULT_PORT, OscServer
 from dr2studio.bridge.watch import WatchFolder
+from dr2studio.requests import DEFAULT_CFG_STRENGTH, DEFAULT_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ class BridgeOptions:
     project: Path | None = None
     daw: str = "generic"
     project_roots: list[Path] | None = None
-    steps: int = 32
-    cfg_strength: float = 2.0
+    steps: int = DEFAULT_STEPS
+    cfg_strength: float = DEFAULT_CFG_STRENGTH
     max_pending: int = 8
     stem_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 

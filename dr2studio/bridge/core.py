@@ -22,12 +22,21 @@ from dr2studio import __version__
 from dr2studio.bridge.deliver import changed_region, crop_song, deliver_take, song_region
 from dr2studio.bridge.paths import PathError, check_name, read_text_inside
 from dr2studio.bridge.persist import clear_song, restore_session, save_session
-from dr2studio.bridge.session import DAWS, BridgeError, Session
-from dr2studio.engine import Engine, Job, JobCancelled, JobContext, JobError, JobEvent, JobQueue, JobRequest, QueueFull
+from dr2studio.bridge.session import BridgeError, Session, refused
+from dr2studio.engine import Engine, Job, JobCancelled, JobContext, JobEvent, JobQueue, JobRequest, QueueFull
+from dr2studio.requests import (
+    DEFAULT_CFG_STRENGTH,
+    DEFAULT_STEPS,
+    DURATION,
+    EXTEND_SECONDS,
+    SEED,
+    SamplingRequest,
+    check_daw,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Bridge", "BridgeJob", "Sink", "ERROR_CODES"]
+__all__ = ["Bridge", "BridgeJob", "JobPlan", "Sink", "ERROR_CODES"]
 
 Sink = Callable[[str, list], None]
 
@@ -51,12 +60,29 @@ class BridgeJob:
     cfg_strength: float | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class JobPlan:
+    """A timeline job made concrete against the session: the engine ``request``, the ``song`` it works
+    on (None for a new song) and ``origin``, the session beat where the result's second 0 sits."""
+
+    request: JobRequest
+    song: Any
+    origin: float
+
+
+def _sampling(steps: Any, cfg_strength: Any) -> tuple[int, float]:
+    """Steps and guidance checked by the request limits, the refusal a :class:`BridgeError`."""
+    sampling = SamplingRequest(steps=steps, cfg_strength=cfg_strength)
+    with refused():
+        sampling.validate()
+    return sampling.steps, sampling.cfg_strength
+
+
 def _job_seed(kind: str, song: Any) -> int | None:
     """The seed this job actually used (the request may have left it to chance)."""
-    settings = getattr(song, "settings", None)
-    edits = (settings.get("edits") or []) if isinstance(settings, dict) else []
-    if kind != "generate" and edits and "seed" in edits[-1]:
-        return int(edits[-1]["seed"])
+    edit = getattr(song, "last_edit", None)
+    if kind != "generate" and edit is not None and edit.seed is not None:
+        return int(edit.seed)
     return getattr(song, "seed", None)
 
 
@@ -68,12 +94,11 @@ class Bridge:
     """
 
     def __init__(self, engine: Engine, *, style_embedding: Any = None, project_roots: list[Path] | None = None,
-                 steps: int = 32, cfg_strength: float = 2.0, max_pending: int = 8, stem_options: dict | None = None) -> None:
+                 steps: int = DEFAULT_STEPS, cfg_strength: float = DEFAULT_CFG_STRENGTH, max_pending: int = 8, stem_options: dict | None = None) -> None:
         self.engine = engine
         self.style_embedding = style_embedding
         self.project_roots = [Path(p).resolve() for p in project_roots] if project_roots else None
-        self.steps = steps
-        self.cfg_strength = cfg_strength
+        self.steps, self.cfg_strength = _sampling(steps, cfg_strength)  # a bad default fails at start, not per job
         self.stem_options = dict(stem_options or {})
         self.session: Session | None = None
         self._lock = threading.RLock()
@@ -114,11 +139,10 @@ class Bridge:
         elif event.type == "cancelled":
             self.emit("/dr2/job/error", event.job_id, ERROR_CODES["cancelled"], event.message or "cancelled")
         elif event.type == "error":
-            code = ERROR_CODES["failed"]
             job = self._queue.get(event.job_id)
-            if job is not None and isinstance(getattr(job, "error_code", None), int):
-                code = job.error_code
-            self.emit("/dr2/job/error", event.job_id, code, event.message)
+            code = job.error_code if job is not None and job.error_code is not None else event.code
+            self.emit("/dr2/job/error", event.job_id, code.http_status if code is not None else ERROR_CODES["failed"],
+                      event.message)
 
     # ---------------------------------------------------------------- commands
     def ping(self) -> str:
@@ -131,8 +155,8 @@ class Bridge:
 
     def open_session(self, project_dir: str, daw: str = "generic") -> Session:
         """Open (or switch to) a project folder; it must exist and is the only place the bridge writes."""
-        if daw not in DAWS:
-            raise BridgeError(f"daw {daw!r} is not one of {', '.join(DAWS)}")
+        with refused():
+            daw = check_daw(daw)
         if not isinstance(project_dir, str) or not project_dir.strip() or "\x00" in project_dir:
             raise BridgeError("project folder must be a non-empty path")
         path = Path(project_dir).expanduser()
@@ -200,11 +224,11 @@ class Bridge:
             self.require_session().style = text.strip() or None
 
     def set_options(self, steps: int, cfg_strength: float) -> None:
-        if not 1 <= steps <= 1000 or not 0.0 <= cfg_strength <= 50.0:
-            raise BridgeError(f"steps {steps} must be in 1..1000 and cfg {cfg_strength} in 0..50")
+        """The session's sampler settings, checked against the request limits (``/dr2/gen/options``)."""
+        steps, cfg_strength = _sampling(steps, cfg_strength)
         with self._lock:
             self.require_session()
-            self.steps, self.cfg_strength = int(steps), float(cfg_strength)
+            self.steps, self.cfg_strength = steps, cfg_strength
 
     def define_section(self, sec_id: str, kind: str, start_beats: float, length_beats: float) -> None:
         with self._lock:
@@ -301,38 +325,39 @@ class Bridge:
             self._save_quietly()
 
     # ------------------------------------------------------------- internals
-    def _prepare(self, spec: BridgeJob, dry_run: bool = False) -> dict[str, Any]:
+    def _prepare(self, spec: BridgeJob, dry_run: bool = False) -> JobPlan:
         """Turn a timeline job into an engine request against the session as it is now."""
         session = self.require_session()
-        if spec.seed is not None and not 0 <= spec.seed < 2**63:
-            raise BridgeError(f"seed {spec.seed} must be a non-negative integer")
-        cfg = self.cfg_strength if spec.cfg_strength is None else float(spec.cfg_strength)
-        common = dict(steps=self.steps, cfg_strength=cfg, seed=spec.seed, style=session.style_prompt())
+        if spec.seed is not None:
+            with refused():
+                SEED.check(spec.seed)
+        cfg = self.cfg_strength if spec.cfg_strength is None else _sampling(self.steps, spec.cfg_strength)[1]
+        # the tempo travels as a number (the style text's, else the DAW's); the text keeps it for the style vector
+        common = dict(steps=self.steps, cfg_strength=cfg, seed=spec.seed, style=session.style_prompt(),
+                      tempo=session.song_tempo())
         if self.style_embedding is not None and session.style is None:
             common["style_embedding"] = [float(v) for v in self.style_embedding.reshape(-1).tolist()]
-            common["tempo"] = session.bpm  # the embedding states no tempo; the session's is the song's
         if spec.kind == "song":
             sections = session.ordered_sections()
             if not sections:
                 raise BridgeError("define sections before generating a song")
             end = session.seconds(session.timeline_end_beats())
             seconds = spec.seconds if spec.seconds > 0 else end
-            if not 0 < seconds <= 600:
-                raise BridgeError(f"song length {seconds:.2f} s must be in (0, 600]")
+            with refused():
+                DURATION.check(seconds)
             lyrics = session.section_lyrics(sections)
-            return dict(request=JobRequest(kind="generate", lyrics=lyrics, duration=seconds, **common), song=None,
-                        origin=0.0)
+            return JobPlan(JobRequest(kind="generate", lyrics=lyrics, duration=seconds, **common), song=None, origin=0.0)
         section = session.section(spec.sec_id)
         lyrics = session.section_lyrics([section])
         if spec.kind == "continue":
-            if not (spec.from_beats >= 0 and spec.length_beats > 0):
+            if not (spec.from_beats >= 0 and spec.length_beats >= 0):
                 raise BridgeError(f"continue needs from_beats >= 0 and length_beats > 0, got {spec.from_beats}, {spec.length_beats}")
             length = session.seconds_between(spec.from_beats, spec.from_beats + spec.length_beats)
-            if not 0 < length <= 600:
-                raise BridgeError(f"continue length {length:.2f} s must be in (0, 600]")
+            with refused():  # a new song's duration, else the seconds an extend adds
+                (DURATION if session.song is None else EXTEND_SECONDS).check(length)
             if session.song is None:
-                return dict(request=JobRequest(kind="generate", lyrics=lyrics, duration=length, **common), song=None,
-                            origin=spec.from_beats)
+                return JobPlan(JobRequest(kind="generate", lyrics=lyrics, duration=length, **common), song=None,
+                               origin=spec.from_beats)
             at = session.seconds_between(session.origin_beats, spec.from_beats)
             total = session.song_seconds()
             if at < 0 or at > total + CONTINUE_TOLERANCE_S:
@@ -341,8 +366,8 @@ class Bridge:
             base = session.song
             if not dry_run and at < total - CONTINUE_TOLERANCE_S:
                 base = crop_song(base, at)
-            return dict(request=JobRequest(kind="extend", lyrics=lyrics, seconds=length, **common), song=base,
-                        origin=session.origin_beats)
+            return JobPlan(JobRequest(kind="extend", lyrics=lyrics, seconds=length, **common), song=base,
+                           origin=session.origin_beats)
         if spec.kind == "regenerate":
             if session.song is None:
                 raise BridgeError("nothing to regenerate yet: generate or continue first", 409)
@@ -352,29 +377,21 @@ class Bridge:
             if end - start <= 0:
                 raise BridgeError(f"section {section.sec_id} (beats {section.start_beats:g}..{section.end_beats:g}) "
                                   "does not overlap the song", 409)
-            return dict(request=JobRequest(kind="infill", lyrics=lyrics, start=start, end=end, **common),
-                        song=session.song, origin=session.origin_beats)
+            return JobPlan(JobRequest(kind="infill", lyrics=lyrics, start=start, end=end, **common),
+                           song=session.song, origin=session.origin_beats)
         raise BridgeError(f"unknown job kind {spec.kind!r}")
 
     def _run_job(self, job: Job, ctx: JobContext) -> int:
-        try:
-            with self._lock:
-                plan = self._prepare(job.request)
-                session = self.require_session()
-            result = self._run_engine(job, ctx, plan)
-            ctx.progress(0.9, "render")
-            files = self._deliver(job.id, ctx, session, plan, result)
-        except BridgeError as exc:
-            job.error_code = exc.code  # type: ignore[attr-defined]
-            raise
-        except JobCancelled:
-            raise
-        except JobError as exc:
-            job.error_code = ERROR_CODES["failed"]  # type: ignore[attr-defined]
-            raise
-        return files
+        """Render and deliver one timeline job. A failure ends the job with the code its error carries
+        (a :class:`BridgeError`'s status, the engine job's :class:`~dr2studio.engine.ErrorCode`)."""
+        with self._lock:
+            plan = self._prepare(job.request)
+            session = self.require_session()
+        result = self._run_engine(job, ctx, plan)
+        ctx.progress(0.9, "render")
+        return self._deliver(job.id, ctx, session, plan, result)
 
-    def _run_engine(self, job: Job, ctx: JobContext, plan: dict[str, Any]) -> Any:
+    def _run_engine(self, job: Job, ctx: JobContext, plan: JobPlan) -> Any:
         def forward(event: JobEvent) -> None:
             if event.type == "progress":
                 try:
@@ -383,17 +400,17 @@ class Bridge:
                     pass  # noticed by the wait loop below
 
         engine_id = f"{job.id}-{uuid.uuid4().hex[:8]}"
-        ejob = self.engine.submit(plan["request"], song=plan["song"], job_id=engine_id, on_event=forward)
+        ejob = self.engine.submit(plan.request, song=plan.song, job_id=engine_id, on_event=forward)
         while not ejob.join(0.05):
             if ctx.cancelled:
                 self.engine.cancel(engine_id)
         ctx.check()
         return ejob.wait(0)
 
-    def _deliver(self, job_id: str, ctx: JobContext, session: Session, plan: dict[str, Any], song: Any) -> int:
-        request = plan["request"]
+    def _deliver(self, job_id: str, ctx: JobContext, session: Session, plan: JobPlan, song: Any) -> int:
+        request = plan.request
         region, start_s = song_region(song, *changed_region(request.kind, song))
-        position_beats = session.beat_after(plan["origin"], start_s)
+        position_beats = session.beat_after(plan.origin, start_s)
         written = deliver_take(session, job_id, region, position_beats=position_beats,
                                position_seconds=session.seconds(position_beats), request=request,
                                check=ctx.check, seed=_job_seed(request.kind, song), **self.stem_options)
@@ -403,10 +420,10 @@ class Bridge:
             self._stems[job_id] = events
             if self.session is session:
                 if session.autocommit:
-                    session.song, session.origin_beats = song, plan["origin"]
+                    session.song, session.origin_beats = song, plan.origin
                     self._persist(session)
                 else:
-                    self._takes[job_id] = (song, plan["origin"])
+                    self._takes[job_id] = (song, plan.origin)
                 self._last_take = job_id
         for args in events:
             self.emit("/dr2/job/stem", *args)

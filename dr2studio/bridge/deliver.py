@@ -54,7 +54,7 @@ def song_region(song: Any, start_s: float, end_s: float | None) -> tuple[tuple[t
 def crop_song(song: Any, seconds: float) -> Any:
     """``song`` cut at ``seconds``, rounded down to a latent frame, with its latents cut to match, so
     ``extend`` continues from there. The lyric context (tokens) is kept whole."""
-    from dr2studio.song import Song
+    from dr2studio.song import Edit, Song
 
     if not getattr(song, "has_latents", False):
         raise BridgeError("the song has no latents to cut; continue from its end instead", 409)
@@ -67,8 +67,7 @@ def crop_song(song: Any, seconds: float) -> Any:
     if keep < 1:
         raise BridgeError(f"cannot continue from {seconds:.2f} s: less than one latent frame of song before it", 409)
     cut = round(keep * per_frame)
-    settings = dict(song.settings)
-    settings["edits"] = list(settings.get("edits", [])) + [{"kind": "crop", "end": cut / song.sample_rate}]
+    settings = song.settings_with_edit(Edit(kind="crop", end=cut / song.sample_rate))
     return Song(audio=audio[:, :cut].clone(), sample_rate=song.sample_rate, latents=latents[:, :keep].clone(),
                 tokens=song.tokens, lyrics=song.lyrics, style=song.style, seed=song.seed, settings=settings,
                 model=song.model, subtype=getattr(song, "subtype", None))
@@ -80,13 +79,14 @@ def changed_region(kind: str, song: Any) -> tuple[float, float | None]:
     the regenerated span plus both crossfades after ``infill``."""
     if kind == "generate":
         return 0.0, None
-    edits = song.settings.get("edits") or []
-    if not edits or edits[-1].get("kind") != kind:
+    edit = song.last_edit
+    if edit is None or edit.kind != kind:
         raise BridgeError(f"the {kind} result carries no edit record; cannot place it on the timeline", 500)
-    edit = edits[-1]
-    if kind == "extend":
-        return float(edit["splice"]), None
-    return float(edit["start"]) - float(edit.get("crossfade_in", 0.0)), float(edit["end"]) + float(edit.get("crossfade_out", 0.0))
+    if kind == "extend" and edit.splice is not None:
+        return float(edit.splice), None
+    if kind == "infill" and edit.start is not None and edit.end is not None:
+        return float(edit.start) - float(edit.crossfade_in or 0.0), float(edit.end) + float(edit.crossfade_out or 0.0)
+    raise BridgeError(f"the {kind} result's edit record has no span; cannot place it on the timeline", 500)
 
 
 _SEPARATORS: dict[str | None, Any] = {}

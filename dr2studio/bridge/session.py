@@ -5,16 +5,20 @@ plain data guarded by the bridge's lock; nothing here touches the network or the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dr2studio.bridge.paths import PathError, check_name
+from dr2studio.requests import DAWS, TEMPO, RequestError
 from dr2studio.tempomap import TempoMap
 
 __all__ = [
     "BridgeError",
+    "refused",
     "SectionDef",
     "Session",
     "SECTION_KINDS",
@@ -25,7 +29,6 @@ __all__ = [
     "model_tag",
 ]
 
-DAWS = ("ableton", "reaper", "generic")
 #: Section kinds a client may name -> the structure tag the model knows (see dr2-format.md §4.1).
 SECTION_KINDS: dict[str, str] = {
     "intro": "intro", "verse": "verse", "pre-chorus": "verse", "prechorus": "verse", "chorus": "chorus",
@@ -48,6 +51,16 @@ class BridgeError(ValueError):
     def __init__(self, message: str, code: int = 400) -> None:
         super().__init__(message)
         self.code = code
+
+
+@contextlib.contextmanager
+def refused() -> Iterator[None]:
+    """Turn a :class:`~dr2studio.requests.RequestError` into a :class:`BridgeError` (400) with the same
+    message, so an OSC or MIDI client hears what the CLI, Studio and the engine say for that value."""
+    try:
+        yield
+    except RequestError as exc:
+        raise BridgeError(str(exc)) from exc
 
 
 def model_tag(kind: str) -> str:
@@ -117,9 +130,8 @@ class Session:
 
     # ---------------------------------------------------------------- grid
     def set_tempo(self, bpm: float) -> None:
-        if not 20.0 <= bpm <= 999.0:
-            raise BridgeError(f"tempo {bpm} bpm is outside 20..999")
-        self.bpm = float(bpm)
+        with refused():
+            self.bpm = float(TEMPO.check(bpm))
         self.tempo_map = None  # a tempo set by hand holds for the whole timeline
 
     def style_prompt(self) -> str | None:
@@ -130,11 +142,28 @@ class Session:
         """
         if self.style is None:
             return None
-        from dr2studio.style.tags import parse_style_tags
-
-        if parse_style_tags(self.style).tempo is not None:
+        if self._stated_tempo() is not None:
             return self.style
         return f"{self.style}, {self.bpm:g} bpm"
+
+    def song_tempo(self) -> float | None:
+        """The tempo (bpm) a job's request carries for the model's tempo clock, as a number: the one the
+        style text states, else the session's. None where the text states one outside the request limit
+        (the text then speaks for itself, as it always did)."""
+        stated = self._stated_tempo()
+        if stated is None:
+            return self.bpm
+        try:
+            return float(TEMPO.check(stated))
+        except RequestError:
+            return None
+
+    def _stated_tempo(self) -> float | None:
+        if self.style is None:
+            return None
+        from dr2studio.style.tags import parse_style_tags
+
+        return parse_style_tags(self.style).tempo
 
     def set_timesig(self, num: int, den: int) -> None:
         if not 1 <= num <= 32 or den not in (1, 2, 4, 8, 16, 32):

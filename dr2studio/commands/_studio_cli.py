@@ -18,9 +18,26 @@ from typing import Any
 import click
 
 from dr2studio.demo import DEMO_DIR
+from dr2studio.requests import (
+    CFG_STRENGTH,
+    DAWS,
+    DEFAULT_CFG_STRENGTH,
+    DEFAULT_STEPS,
+    INVERSION_STEPS,
+    SEED,
+    STEPS,
+    TEMPO,
+    Limit,
+    RequestError,
+    check_daw,
+)
 
 __all__ = [
     "DEMO_MODEL",
+    "LimitType",
+    "DawType",
+    "tempo_option",
+    "request_ready",
     "user_errors",
     "model_options",
     "style_options",
@@ -80,6 +97,70 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class LimitType(click.ParamType):
+    """A click option type checked by a :class:`~dr2studio.requests.Limit`: the CLI refuses a bad value
+    with the very message Studio, the engine and the bridge give for it (``steps must be ...``)."""
+
+    def __init__(self, limit: Limit) -> None:
+        self.limit = limit
+        self.name = "integer" if limit.integer else "float"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return f"{'INTEGER' if self.limit.integer else 'FLOAT'} {self.limit.describe().split(' in ', 1)[1]}"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = value
+        if isinstance(value, str):  # as typed: "0" is the int 0, "0.0" the float 0.0, as in Python and JSON
+            text = value.strip()
+            for parse in (int, float):
+                try:
+                    number = parse(text)
+                    break
+                except ValueError:
+                    continue
+        try:
+            return self.limit.check(number)
+        except RequestError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class DawType(click.ParamType):
+    """A DAW project layout name (:data:`~dr2studio.requests.DAWS`), refused with the message every door gives."""
+
+    name = "daw"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return f"[{'|'.join(DAWS)}]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return check_daw(value)
+        except RequestError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def request_ready(request: Any, song_seconds: float | None = None, song_path: Path | None = None) -> Any:
+    """``request`` validated before any model loads or file is written; a bad value is the one-line
+    error (exit 1) with the message every front door gives for it (a check against the song's own
+    length is prefixed with the song file's name, so the user sees where)."""
+    try:
+        if song_seconds is not None:
+            request.validate(song_seconds=song_seconds)
+        else:
+            request.validate()
+    except RequestError as exc:
+        where = f"{song_path.name}: " if song_path is not None and song_seconds is not None else ""
+        raise click.ClickException(f"{where}{exc}") from exc
+    return request
+
+
+def tempo_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tempo BPM`` for a model's tempo clock (default: the tempo the --style text states)."""
+    return click.option("--tempo", type=LimitType(TEMPO), metavar="BPM",
+                        help="Tempo for a model with a tempo clock (default: the one --style states, e.g. '120 bpm'; "
+                             "give it with --style-audio or --style-embedding).")(fn)
+
+
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--model`` (env ``DR2STUDIO_MODEL``), ``--device``, ``--dtype``, ``--g2p-assets``."""
     fn = click.option("--g2p-assets", type=click.Path(file_okay=False, path_type=Path),
@@ -135,10 +216,10 @@ def style_from_options(style_text: str | None, style_audio: Path | None, style_e
 
 def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--steps``, ``--cfg``, ``--seed``."""
-    fn = click.option("--seed", type=click.IntRange(min=0), help="Random seed (default: random, printed in the results).")(fn)
-    fn = click.option("--cfg", "cfg_strength", type=click.FloatRange(0.0, 20.0), default=2.0, show_default=True,
-                      help="Classifier-free guidance strength (0 disables it).")(fn)
-    fn = click.option("--steps", type=click.IntRange(2, 1000), default=32, show_default=True,
+    fn = click.option("--seed", type=LimitType(SEED), metavar="INTEGER", help="Random seed (default: random, printed in the results).")(fn)
+    fn = click.option("--cfg", "cfg_strength", type=LimitType(CFG_STRENGTH), default=DEFAULT_CFG_STRENGTH,
+                      show_default=True, help="Classifier-free guidance strength (0 disables it).")(fn)
+    fn = click.option("--steps", type=LimitType(STEPS), default=DEFAULT_STEPS, show_default=True,
                       help="Time-grid points per block (steps-1 Euler steps).")(fn)
     return fn
 
@@ -155,10 +236,10 @@ def lyrics_coverage_of(song: Any) -> dict[str, Any] | None:
 
     The studio logs the warning itself (on stderr through the CLI's logging); this is the ``--json`` field.
     """
+    edit = song.last_edit
+    if edit is not None and edit.lyrics_coverage is not None:
+        return edit.lyrics_coverage
     settings = song.settings if isinstance(song.settings, dict) else {}
-    edits = settings.get("edits") or []
-    if edits and isinstance(edits[-1], dict) and "lyrics_coverage" in edits[-1]:
-        return edits[-1]["lyrics_coverage"]
     return settings.get("lyrics_coverage")
 
 
@@ -178,7 +259,7 @@ def length_of(song: Any) -> dict[str, Any] | None:
 
 def inversion_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--inversion-steps`` for songs without a sidecar on models without an encoder."""
-    return click.option("--inversion-steps", type=click.IntRange(1, 10000), metavar="N",
+    return click.option("--inversion-steps", type=LimitType(INVERSION_STEPS), metavar="N",
                         help="Optimiser steps when a song without sidecar must be inverted through the decoder "
                              "(default 300; fewer is faster and rougher).")(fn)
 

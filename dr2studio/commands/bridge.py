@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from dr2studio.commands._studio_cli import DawType, LimitType
+from dr2studio.requests import CFG_STRENGTH, DEFAULT_CFG_STRENGTH, DEFAULT_STEPS, STEPS
+
 __all__ = ["bridge"]
 
 log = logging.getLogger(__name__)
@@ -59,11 +62,13 @@ def _engine(model: str | None, engine_url: str | None, device: str | None, style
 @click.option("--midi-tcp", type=click.IntRange(0, 65535), metavar="PORT", help="Accept MIDI over TCP (mido socket port).")
 @click.option("--watch", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Import MIDI files dropped into this folder.")
 @click.option("--project", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Open this project at start.")
-@click.option("--daw", type=click.Choice(["ableton", "reaper", "generic"]), default="generic", show_default=True, help="DAW of --project.")
+@click.option("--daw", type=DawType(), default="generic", show_default=True, help="DAW of --project.")
 @click.option("--projects-root", "projects_roots", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Only allow sessions in folders below this one (repeatable).")
-@click.option("--steps", default=32, show_default=True, type=click.IntRange(1, 1000), help="Sampler steps per block.")
-@click.option("--cfg", "cfg_strength", default=2.0, show_default=True, type=click.FloatRange(0, 50), help="Guidance strength.")
+@click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=LimitType(STEPS),
+              help="Time-grid points per block (steps-1 Euler steps).")
+@click.option("--cfg", "cfg_strength", default=DEFAULT_CFG_STRENGTH, show_default=True, type=LimitType(CFG_STRENGTH),
+              help="Guidance strength.")
 @click.option("--preset", default="clean", show_default=True, help="Effect preset for stems (shipped name or .json).")
 @click.option("--separate", is_flag=True, help="Also write vocals/drums/bass/other stems (Hybrid Demucs).")
 @click.option("--separator-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),

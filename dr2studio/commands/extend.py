@@ -6,6 +6,14 @@ from pathlib import Path
 import click
 
 from dr2studio.commands import _studio_cli as cli
+from dr2studio.requests import (
+    CROSSFADE,
+    DEFAULT_CROSSFADE,
+    DEFAULT_EXTEND_SECONDS,
+    EXTEND_SECONDS,
+    ExtendRequest,
+    SamplingRequest,
+)
 
 __all__ = ["extend"]
 
@@ -22,13 +30,14 @@ Examples:
 @click.argument("song_path", metavar="SONG", type=click.Path(path_type=Path))
 @click.option("--lyrics", "lyrics_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Lyrics of the new part (the song's own lyrics come from its sidecar).")
-@click.option("--seconds", type=float, default=30.0, show_default=True,
+@click.option("--seconds", type=cli.LimitType(EXTEND_SECONDS), default=DEFAULT_EXTEND_SECONDS, show_default=True,
               help="Seconds to add (the song's end is held off until then; if the model still stops, "
                    "a warning and the --json field 'length' say so).")
-@click.option("--crossfade", type=float, default=0.25, show_default=True,
+@click.option("--crossfade", type=cli.LimitType(CROSSFADE), default=DEFAULT_CROSSFADE, show_default=True,
               help="Equal-power crossfade length in seconds, ending at the splice block boundary.")
 @cli.style_options()
 @cli.sampling_options
+@cli.tempo_option
 @cli.instrumental_option
 @cli.match_level_option
 @cli.inversion_option
@@ -39,7 +48,8 @@ def extend(song_path: Path, lyrics_path: Path, seconds: float, crossfade: float,
            style_audio: Path | None, style_embedding: Path | None, steps: int, cfg_strength: float,
            seed: int | None, inversion_steps: int | None, model: str | None, device: str | None,
            dtype: str | None, g2p_assets: Path | None,
-           output: Path, quiet: bool, as_json: bool, instrumental: bool = False, match_level: bool = True) -> None:
+           output: Path, quiet: bool, as_json: bool, instrumental: bool = False, match_level: bool = True,
+           tempo: float | None = None) -> None:
     """Continue SONG with new lyrics; the audio before the splice point is kept sample for sample.
 
     OUTPUT keeps SONG's sample rate, channels and (for WAV/FLAC/AIFF) bit depth; the new audio is
@@ -49,27 +59,20 @@ def extend(song_path: Path, lyrics_path: Path, seconds: float, crossfade: float,
     context; without one, the audio is encoded first (VAE encoder, else decoder inversion) and a
     style must be given.
     """
-    from dr2studio.studio import MAX_SECONDS
-
-    if not (0 < seconds <= MAX_SECONDS):
-        raise click.ClickException(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
-    if not (0 <= crossfade <= 2):
-        raise click.ClickException(f"--crossfade must be in [0, 2] seconds, got {crossfade:g}")
+    request = cli.request_ready(ExtendRequest(
+        lyrics=str(lyrics_path), style=None if style_text is None else str(style_text), tempo=tempo,
+        instrumental=instrumental, crossfade=crossfade, match_level=match_level, inversion_steps=inversion_steps,
+        seconds=seconds, sampling=SamplingRequest(steps=steps, cfg_strength=cfg_strength, seed=seed)))
     song, style = cli.prepare_edit(song_path, lyrics_path, style_text, style_audio, style_embedding, output)
     studio = cli.load_studio(model, device, dtype, g2p_assets, quiet)
-    tempo = studio.stated_tempo(style_text)  # the embedding below no longer says it; a tempo clock needs it
     style = studio.style_embedding(style) if style is not None else None  # fail before any progress
     cli.announce_encoding(song, studio, song_path, quiet)
     longer, elapsed = cli.render_and_save(
-        lambda progress: studio.extend(song, lyrics_path, seconds, style=style, steps=steps, cfg_strength=cfg_strength,
-                                       seed=seed, crossfade=crossfade, progress=progress,
-                                       inversion_steps=inversion_steps, tempo=tempo, instrumental=instrumental,
-                                       match_level=match_level),
-        output, quiet)
-    edit = longer.settings["edits"][-1]
+        lambda progress: studio.run(request, song, progress=progress, lyrics=lyrics_path, style=style), output, quiet)
+    edit = longer.last_edit
     result = cli.song_result(longer, output, studio, elapsed)
-    result.update(input=str(song_path.resolve()), splice=edit["splice"], crossfade=edit["crossfade"],
-                  added_frames=edit["new_frames"], added_seconds=edit["added_seconds"], requested_seconds=seconds,
-                  level_match_db=edit["level_match_db"], latents_from=edit["latents_from"], edit_seed=edit["seed"])
-    cli.emit(result, as_json, f"{output} ({longer.duration:.1f} s; {edit['added_seconds']:.2f} of {seconds:g} s added, "
-                              f"new audio from {edit['splice']:.2f} s)")
+    result.update(input=str(song_path.resolve()), splice=edit.splice, crossfade=edit.crossfade,
+                  added_frames=edit.new_frames, added_seconds=edit.added_seconds, requested_seconds=seconds,
+                  level_match_db=edit.level_match_db, latents_from=edit.latents_from, edit_seed=edit.seed)
+    cli.emit(result, as_json, f"{output} ({longer.duration:.1f} s; {edit.added_seconds:.2f} of {seconds:g} s added, "
+                              f"new audio from {edit.splice:.2f} s)")

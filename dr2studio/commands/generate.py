@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from dr2studio.commands import _studio_cli as cli
+from dr2studio.requests import DURATION, GenerateRequest, SamplingRequest
 
 __all__ = ["generate"]
 
@@ -23,13 +24,14 @@ Examples:
 @click.option("--lyrics", "lyrics_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Lyrics file (plain text or LRC, with [verse]/[chorus]/... tags).")
 @cli.style_options()
-@click.option("--duration", type=float, required=True, metavar="SECONDS",
+@click.option("--duration", type=cli.LimitType(DURATION), required=True, metavar="SECONDS",
               help="Length in seconds. The model may end the song earlier: then a warning on stderr and the "
                    "--json field 'length' say where and why (or use --full-length).")
 @click.option("--full-length", is_flag=True,
               help="Hold the end of the song off: drop the end-of-song frames the model samples and go on until "
                    "--duration is reached.")
 @cli.sampling_options
+@cli.tempo_option
 @cli.instrumental_option
 @click.option("--stereo", is_flag=True, help="Write pseudo-stereo (right = 0.8 x left delayed 10 ms), as the release does.")
 @cli.model_options
@@ -38,23 +40,18 @@ Examples:
 def generate(lyrics_path: Path, style_text: str | None, style_audio: Path | None, style_embedding: Path | None,
              duration: float, steps: int, cfg_strength: float, seed: int | None, stereo: bool, model: str | None,
              device: str | None, dtype: str | None, g2p_assets: Path | None, output: Path, quiet: bool,
-             as_json: bool, instrumental: bool = False, full_length: bool = False) -> None:
+             as_json: bool, instrumental: bool = False, full_length: bool = False, tempo: float | None = None) -> None:
     """Generate a song from a lyrics file and a style; writes OUTPUT and its .dr2.safetensors sidecar."""
-    from dr2studio.studio import MAX_SECONDS
-
-    if not (0 < duration <= MAX_SECONDS):
-        raise click.ClickException(f"--duration must be in (0, {MAX_SECONDS:g}] seconds, got {duration:g}")
     cli.check_lyrics_file(lyrics_path)
     style = cli.style_from_options(style_text, style_audio, style_embedding, required=True)
+    request = cli.request_ready(GenerateRequest(
+        lyrics=str(lyrics_path), style=str(style), tempo=tempo, instrumental=instrumental, duration=duration,
+        full_length=full_length, stereo=stereo,
+        sampling=SamplingRequest(steps=steps, cfg_strength=cfg_strength, seed=seed)))
     cli.check_output(output)
     studio = cli.load_studio(model, device, dtype, g2p_assets, quiet)
-    tempo = studio.stated_tempo(style_text)  # the embedding below no longer says it; a tempo clock needs it
-    style = studio.style_embedding(style) if style is not None else None  # fail before any progress
     song, elapsed = cli.render_and_save(
-        lambda progress: studio.generate(lyrics_path, style, duration, steps=steps, cfg_strength=cfg_strength,
-                                         seed=seed, progress=progress, stereo=stereo, tempo=tempo,
-                                         instrumental=instrumental, full_length=full_length),
-        output, quiet)
+        lambda progress: studio.run(request, progress=progress, lyrics=lyrics_path, style=style), output, quiet)
     result = cli.song_result(song, output, studio, elapsed)
     result.update(steps=steps, cfg_strength=cfg_strength, stereo=stereo, requested_duration=duration,
                   full_length=full_length)

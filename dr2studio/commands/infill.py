@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dr2studio.commands import _studio_cli as cli
+from dr2studio.requests import CROSSFADE, DEFAULT_CROSSFADE, InfillRequest, SamplingRequest
 
 if TYPE_CHECKING:
     from dr2studio.tempomap import TempoMap
@@ -77,10 +78,11 @@ def _range(start: float | None, end: float | None, start_bar: float | None, end_
                    "--start-bar/--end-bar follow it instead of one --bpm.")
 @click.option("--lyrics", "lyrics_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Lyrics of the regenerated range.")
-@click.option("--crossfade", type=float, default=0.25, show_default=True,
+@click.option("--crossfade", type=cli.LimitType(CROSSFADE), default=DEFAULT_CROSSFADE, show_default=True,
               help="Equal-power crossfade length in seconds at each edge of the range.")
 @cli.style_options()
 @cli.sampling_options
+@cli.tempo_option
 @cli.instrumental_option
 @cli.match_level_option
 @cli.inversion_option
@@ -93,7 +95,7 @@ def infill(song_path: Path, start: float | None, end: float | None, start_bar: f
            seed: int | None, inversion_steps: int | None, model: str | None, device: str | None,
            dtype: str | None, g2p_assets: Path | None,
            output: Path, quiet: bool, as_json: bool, instrumental: bool = False, match_level: bool = True,
-           tempo_map: Path | None = None) -> None:
+           tempo_map: Path | None = None, tempo: float | None = None) -> None:
     """Regenerate [START, END) of SONG with new lyrics and splice it back in.
 
     The length, sample rate, channels and (WAV/FLAC/AIFF) bit depth are SONG's, and every sample outside
@@ -103,29 +105,22 @@ def infill(song_path: Path, start: float | None, end: float | None, start_bar: f
     from dr2studio.audio.io import audio_info
 
     t0, t1 = _range(start, end, start_bar, end_bar, bpm, beats_per_bar, tempo_map)
-    if t0 < 0:
-        raise click.ClickException(f"start must be >= 0 s, got {t0:g}")
-    if t0 >= t1:
-        raise click.ClickException(f"start ({t0:g} s) must be before end ({t1:g} s)")
-    if not (0 <= crossfade <= 2):
-        raise click.ClickException(f"--crossfade must be in [0, 2] seconds, got {crossfade:g}")
-    info = audio_info(cli.check_input_audio(song_path))
-    if t1 > info.duration + 1e-6:
-        raise click.ClickException(f"end ({t1:g} s) is past the end of {song_path.name} ({info.duration:.2f} s)")
+    request = InfillRequest(lyrics=str(lyrics_path), style=None if style_text is None else str(style_text), tempo=tempo,
+                            instrumental=instrumental, crossfade=crossfade, match_level=match_level,
+                            inversion_steps=inversion_steps, start=t0, end=t1,
+                            sampling=SamplingRequest(steps=steps, cfg_strength=cfg_strength, seed=seed))
+    cli.request_ready(request)
+    cli.request_ready(request, song_seconds=audio_info(cli.check_input_audio(song_path)).duration,  # end in the song
+                      song_path=song_path)
     song, style = cli.prepare_edit(song_path, lyrics_path, style_text, style_audio, style_embedding, output)
     studio = cli.load_studio(model, device, dtype, g2p_assets, quiet)
-    tempo = studio.stated_tempo(style_text)  # the embedding below no longer says it; a tempo clock needs it
     style = studio.style_embedding(style) if style is not None else None  # fail before any progress
     cli.announce_encoding(song, studio, song_path, quiet)
     fixed, elapsed = cli.render_and_save(
-        lambda progress: studio.infill(song, t0, t1, lyrics_path, style=style, steps=steps, cfg_strength=cfg_strength,
-                                       seed=seed, crossfade=crossfade, progress=progress,
-                                       inversion_steps=inversion_steps, tempo=tempo, instrumental=instrumental,
-                                       match_level=match_level),
-        output, quiet)
-    edit = fixed.settings["edits"][-1]
+        lambda progress: studio.run(request, song, progress=progress, lyrics=lyrics_path, style=style), output, quiet)
+    edit = fixed.last_edit
     result = cli.song_result(fixed, output, studio, elapsed)
-    result.update(level_match_db=edit["level_match_db"])
-    result.update(input=str(song_path.resolve()), start=t0, end=t1, crossfade_in=edit["crossfade_in"],
-                  crossfade_out=edit["crossfade_out"], latents_from=edit["latents_from"], edit_seed=edit["seed"])
+    result.update(level_match_db=edit.level_match_db)
+    result.update(input=str(song_path.resolve()), start=t0, end=t1, crossfade_in=edit.crossfade_in,
+                  crossfade_out=edit.crossfade_out, latents_from=edit.latents_from, edit_seed=edit.seed)
     cli.emit(result, as_json, f"{output} (regenerated {t0:.2f}-{t1:.2f} s of {fixed.duration:.1f} s)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dr2studio.commands._studio_cli import check_input_audio, emit, progress_bar, user_errors
+from dr2studio.commands._studio_cli import DawType, check_input_audio, emit, progress_bar, user_errors
 
 __all__ = ["stems"]
 
@@ -30,7 +30,7 @@ An effect that cannot run at the project rate (an EQ band above Nyquist) is skip
 @click.argument("song_path", metavar="SONG", type=click.Path(path_type=Path))
 @click.option("--project", required=True, type=click.Path(path_type=Path), metavar="DIR",
               help="The DAW project folder (created if missing; must not be a file).")
-@click.option("--daw", type=click.Choice(["ableton", "reaper", "generic"]), default="generic", show_default=True)
+@click.option("--daw", type=DawType(), default="generic", show_default=True)
 @click.option("--preset", default="balanced", show_default=True, metavar="NAME|FILE",
               help="Effect preset: a shipped name or a .json file.")
 @click.option("--separate", is_flag=True, help="Also write vocals / drums / bass / other stems (Hybrid Demucs).")

@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dr2studio.config import atomic_write_text
+from dr2studio.atomic import atomic_path, atomic_write_text
 
 __all__ = [
     "SHARD_FORMAT",
@@ -146,13 +146,8 @@ def write_shard(path: str | os.PathLike, examples: Sequence[Example]) -> ShardIn
         "ids": json.dumps([e.id for e in examples], ensure_ascii=False),
         "languages": json.dumps([e.language for e in examples]),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return ShardInfo(file=path.name, count=len(examples), frames=int(tensors["latent_offsets"][-1]))
 
 

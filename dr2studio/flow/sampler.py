@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dr2studio.flow.kv_cache import BlockKVCache, block_causal_mask
 from dr2studio.models.dit import COND_DIM, DiT, rotary_tables
+from dr2studio.requests import CFG_STRENGTH, STEPS
 
 __all__ = ["EOP_THRESHOLD", "SamplerSettings", "BlockSampler", "sample_latents", "eop_distance"]
 
@@ -53,10 +54,8 @@ class SamplerSettings:
     reference_numerics: bool = False
 
     def validate(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 2:
-            raise ValueError(f"steps must be an integer >= 2 (grid points, steps-1 Euler steps), got {self.steps!r}")
-        if not math.isfinite(self.cfg_strength) or self.cfg_strength < 0:
-            raise ValueError(f"cfg_strength must be a finite number >= 0, got {self.cfg_strength!r}")
+        self.steps = STEPS.check(self.steps)  # grid points: steps-1 Euler steps; limits shared with every front door
+        self.cfg_strength = CFG_STRENGTH.check(self.cfg_strength)
         if self.num_history_block is not None and self.num_history_block < 0:
             raise ValueError(f"num_history_block must be >= 0 or None, got {self.num_history_block!r}")
 

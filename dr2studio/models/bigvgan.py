@@ -4,14 +4,13 @@ Shape legend: B batch, T latent frames, C latent channels (64), N = T * hop outp
 (hop = prod(upsample_rates), 9600 for the release), K resblock kernel sizes per stage.
 
 ``forward`` is one pass of the generator over channels-first latents ``[B, C, T] -> [B, 1, N]``.
-``decode`` applies the reference's chunk schedule (see :mod:`dr2studio.vae.chunking`) to
+``decode`` applies the reference's chunk schedule (see :mod:`dr2studio.models.chunking`) to
 channels-last latents ``[B, T, C]``; ``decode_stream`` does the same on latents that arrive block by block
 and yields each stretch of audio as soon as no later block can change it.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -23,15 +22,9 @@ from torch import nn
 
 from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.models.activations import Activation1d, make_activation
-from dr2studio.vae.checkpoint_io import (
-    CheckpointError,
-    fold_weight_norm,
-    load_strict,
-    read_state_dict,
-    VAEModule,
-    save_safetensors,
-)
-from dr2studio.vae.chunking import Segment, check_schedule, plan_segments, stable_frames
+from dr2studio.models.chunking import Segment, check_schedule, plan_segments, stable_frames
+from dr2studio.models.vae_module import VAEModule
+from dr2studio.weights import CheckpointError, device_dtype, fold_weight_norm, load_weights, save_safetensors
 
 __all__ = [
     "DecoderConfig",
@@ -43,7 +36,6 @@ __all__ = [
     "CHUNK_OVERLAP",
 ]
 
-log = logging.getLogger(__name__)
 
 CHUNK_FRAMES = 20  # reference decode_audio chunk_size
 CHUNK_OVERLAP = 5  # reference decode_audio overlap
@@ -291,7 +283,7 @@ class BigVGANDecoder(VAEModule):
 
         The concatenated output equals ``decode(torch.cat(blocks, 1))``: every window of the reference
         schedule is decoded exactly once, and a frame is released only when no later block can change
-        which window it comes from (:func:`~dr2studio.vae.chunking.stable_frames`). Audio starts once
+        which window it comes from (:func:`~dr2studio.models.chunking.stable_frames`). Audio starts once
         ``chunk_frames`` frames exist (after two blocks of 10) and then trails the newest frame by about
         ``chunk_frames - overlap // 2`` frames; the rest comes out when ``blocks`` is exhausted (the last
         window of the reference schedule starts at ``T - chunk_frames`` and needs the total length ``T``).
@@ -331,13 +323,8 @@ def _evict(cache: dict[tuple[int, int], torch.Tensor], segments: list[Segment], 
 
 
 def default_device_dtype(device: str | torch.device | None, dtype: torch.dtype | None) -> tuple[torch.device, torch.dtype]:
-    """CUDA when available, else CPU; float16 on CUDA (as the reference runs), float32 on CPU."""
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    elif dev.type == "cpu" and dtype == torch.float16:
-        log.warning("float16 on CPU is slow and loses precision; consider float32 or bfloat16")
-    return dev, dtype
+    """The decoder's device and dtype: :func:`dr2studio.weights.device_dtype` for the ``"decoder"`` role."""
+    return device_dtype("decoder", device, dtype)
 
 
 def load_decoder(model_dir: str | os.PathLike, device: str | torch.device | None = None,
@@ -355,13 +342,8 @@ def load_decoder(model_dir: str | os.PathLike, device: str | torch.device | None
         weights = model_dir / DECODER_BIN
     if not weights.is_file():
         raise CheckpointError(f"{model_dir}: no {DECODER_SAFETENSORS} or {DECODER_BIN} next to {DECODER_JSON}")
-    state = read_state_dict(weights, pickle_key="generator")
-    decoder = BigVGANDecoder(config)
-    load_strict(decoder, state, str(weights))
-    dev, dt = default_device_dtype(device, dtype)
-    decoder.to(device=dev, dtype=dt).eval().requires_grad_(False)
-    log.info("loaded decoder from %s (%s, %s, hop %d)", weights, dev, dt, config.hop_length)
-    return decoder
+    return load_weights(BigVGANDecoder(config), weights, role="decoder", device=device, dtype=dtype,
+                        pickle_key="generator")
 
 
 def save_decoder(decoder: BigVGANDecoder, model_dir: str | os.PathLike) -> Path:

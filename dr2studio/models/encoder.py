@@ -25,14 +25,8 @@ from torch import nn
 
 from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.models.activations import Activation1d, make_activation
-from dr2studio.vae.checkpoint_io import (
-    CheckpointError,
-    fold_weight_norm,
-    load_strict,
-    read_state_dict,
-    VAEModule,
-    save_safetensors,
-)
+from dr2studio.models.vae_module import VAEModule
+from dr2studio.weights import CheckpointError, fold_weight_norm, load_weights, save_safetensors
 
 __all__ = ["EncoderConfig", "MusicEncoder", "load_encoder", "save_encoder", "has_encoder", "kl_divergence"]
 
@@ -178,19 +172,14 @@ def load_encoder(model_dir: str | os.PathLike, device: str | torch.device | None
 
     The default dtype is float32 everywhere: encoding is cheap and its output seeds inversion.
     """
-    from dr2studio.models.bigvgan import default_device_dtype
-
     model_dir = Path(model_dir)
     if not has_encoder(model_dir):
         raise CheckpointError(f"{model_dir}: no encoder ({ENCODER_JSON} + {ENCODER_SAFETENSORS}); "
                               "released DiffRhythm 2 models have none, use decoder inversion instead")
     config = EncoderConfig.load(model_dir / ENCODER_JSON)
-    weights = model_dir / ENCODER_SAFETENSORS
-    encoder = MusicEncoder(config)
-    load_strict(encoder, read_state_dict(weights), str(weights))
-    dev, _ = default_device_dtype(device, None)
-    encoder.to(device=dev, dtype=dtype or torch.float32).eval().requires_grad_(False)
-    log.info("loaded encoder from %s (hop %d at %d Hz)", weights, config.hop_length, config.sample_rate)
+    encoder = load_weights(MusicEncoder(config), model_dir / ENCODER_SAFETENSORS, role="encoder",
+                           device=device, dtype=dtype)
+    log.info("encoder hop %d at %d Hz", config.hop_length, config.sample_rate)
     return encoder
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dr2studio.atomic import atomic_path
 
 __all__ = ["STYLE_DIM", "StyleError", "check_style_embedding", "load_style_embedding", "save_style_embedding"]
 
@@ -87,8 +88,7 @@ def save_style_embedding(vec: torch.Tensor | np.ndarray, path: str | os.PathLike
         raise StyleError(f"{path}: save a style vector as .npy or .safetensors")
     if not path.parent.is_dir():
         raise StyleError(f"cannot write {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, t.numpy())
@@ -96,8 +96,4 @@ def save_style_embedding(vec: torch.Tensor | np.ndarray, path: str | os.PathLike
             from safetensors.torch import save_file
 
             save_file({"style": t}, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

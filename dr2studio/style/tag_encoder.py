@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dr2studio.atomic import atomic_path
 from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.style.embedding import STYLE_DIM, StyleError
 from dr2studio.style.tags import StyleTags, default_tag_vocab, parse_style_tags
@@ -129,7 +129,7 @@ class TagStyleEncoder(nn.Module):
 
         ``seed`` picks the 10 s excerpt that is analysed, as for MuQ-MuLan.
         """
-        from dr2studio.analysis import estimate_key, estimate_tempo
+        from dr2studio.audio.features import estimate_key, estimate_tempo
         from dr2studio.style.muq import prepare_style_audio
 
         wav, sr = prepare_style_audio(audio, sample_rate, seed=seed, target_rate=22050)
@@ -148,13 +148,8 @@ class TagStyleEncoder(nn.Module):
         if not root.is_dir():
             raise StyleError(f"cannot save the style encoder: folder {root} does not exist")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = root / f".{WEIGHTS_NAME}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_path(root / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", "kind": "dr2studio.style.tags"})
-            os.replace(tmp, root / WEIGHTS_NAME)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         self.config.save(root / CONFIG_NAME)
         return root
 

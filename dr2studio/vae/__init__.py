@@ -6,7 +6,8 @@ Names are imported on first use (nothing heavy at import time):
 - ``invert_decoder`` / ``InversionConfig`` (:mod:`.inversion`): latents from audio with only a decoder;
 - ``VAETrainingStep`` / ``VAELossConfig`` / ``prepare_batch`` (:mod:`.train_step`): one GAN training step;
 - ``MultiScaleMelLoss``, ``MultiResolutionSTFTLoss`` and the adversarial losses (:mod:`.losses`);
-- :mod:`.chunking` (the reference decoder's chunk schedule), :mod:`.checkpoint_io` (weights in and out).
+- :mod:`.chunking` and :mod:`.checkpoint_io`: old homes, kept importable, of :mod:`dr2studio.models.chunking`
+  and :mod:`dr2studio.weights`.
 
 The networks live in :mod:`dr2studio.models` (``bigvgan``, ``encoder``, ``discriminators``).
 """

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from dr2studio.checkpoints import CheckpointError
+from dr2studio.weights import CheckpointError
 from dr2studio.models.bigvgan import BigVGANDecoder, load_decoder
 from dr2studio.models.encoder import MusicEncoder, has_encoder, load_encoder
 from dr2studio.vae.inversion import InversionConfig, ProgressFn, invert_decoder
@@ -116,7 +116,7 @@ def encode_audio(audio: Any, sample_rate: int, model_dir: str | os.PathLike, met
         raise ValueError(f"sample_rate must be a positive integer in Hz, got {sample_rate!r}")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        from dr2studio.checkpoints import resolve_model_dir
+        from dr2studio.hub import resolve_model_dir
 
         model_dir = resolve_model_dir(model_dir)
     mono = as_mono(audio)

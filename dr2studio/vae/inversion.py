@@ -3,7 +3,7 @@
 Shapes: B batch, T frames, C latent channels, N = T * hop samples at the decoder rate.
 
 The latents are optimised with Adam on a multi-resolution STFT + multi-scale mel loss. The loss follows
-the decoder's own chunk schedule (:func:`~dr2studio.vae.chunking.plan_segments`, as
+the decoder's own chunk schedule (:func:`~dr2studio.models.chunking.plan_segments`, as
 :meth:`BigVGANDecoder.decode` uses it): each window of ``chunk_frames`` frames is decoded alone, but only
 the frames it contributes to the decoded song (its segment) are kept, and a group of up to ``max_batch``
 consecutive windows is compared with the matching contiguous stretch of the target. The objective is
@@ -25,7 +25,7 @@ import torch
 
 from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.models.bigvgan import CHUNK_FRAMES, CHUNK_OVERLAP, BigVGANDecoder
-from dr2studio.vae.chunking import plan_segments
+from dr2studio.models.chunking import plan_segments
 from dr2studio.vae.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
 
 __all__ = ["InversionConfig", "InversionResult", "invert_decoder", "ProgressFn"]

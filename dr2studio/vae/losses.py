@@ -121,7 +121,7 @@ def frame_onset_envelope(audio: torch.Tensor, hop: int) -> torch.Tensor:
     Frame ``k`` is the rectified rise of the log magnitude over a window ending at ``(k + 1) * hop``
     (so it belongs to the latent frame that covers those samples), averaged over frequency; then zero
     mean and unit variance per item (all zeros for an item without onsets). The same flux as
-    :func:`dr2studio.analysis.onset_strength`, but in torch on the training device and on the latent
+    :func:`dr2studio.audio.features.onset_strength`, but in torch on the training device and on the latent
     frame grid, because it is a per-batch training target.
     """
     x = _flat(audio)

@@ -53,7 +53,7 @@ def english_phone_table(words: list[str]) -> dict[str, int]:
 
 def synth_words() -> list[str]:
     """The words the synthetic-song lyrics are made of (syllable hyphens removed)."""
-    from dr2studio.synth.words import LEXICON
+    from dr2studio.lab.synth.words import LEXICON
 
     return sorted({w.replace("-", "") for ws in LEXICON.values() for w in ws})
 

@@ -1,6 +1,6 @@
-"""REPA targets for the demo model: a small spectral extractor, plugged into ``training/prepare_data.py``.
+"""REPA targets for the demo model: a small spectral extractor, plugged into ``training.prepare_data``.
 
-    python training/prepare_data.py ... \
+    python -m training.prepare_data ... \
         --set 'ssl=[{"name": "spectral", "cls": "training.recipes.demo_features:SpectralFeatures"}]'
 
 Why not the built-in ``MelFeatures``: that one pools whole latent frames, so it says nothing about

@@ -50,7 +50,7 @@ mark() { echo "$1 $2" >>"$TIMES"; echo "== $1: $2 s" >&2; }
 vae_finetune() {
   [ -f "$WORK/$3/decoder.safetensors" ] && return 0
   local t; t=$(stamp)
-  "$PY" training/vae.py --config "training/configs/$1.json" --name "$2" \
+  "$PY" -m training.vae --config "training/configs/$1.json" --name "$2" \
       --storage-path "$WORK" --export-dir "$WORK/$3" --max-steps "$4" \
       --set manifest="$WORK/songs/manifest.jsonl" \
       --set encoder_from="$WORK/$5" --set decoder_from="$WORK/$5"
@@ -62,7 +62,7 @@ vae_finetune() {
 prepare_shards() {
   [ -f "$WORK/$1/index.json" ] && return 0
   local t; t=$(stamp)
-  "$PY" training/prepare_data.py --manifest "$WORK/songs/manifest.jsonl" --output "$WORK/$1" \
+  "$PY" -m training.prepare_data --manifest "$WORK/songs/manifest.jsonl" --output "$WORK/$1" \
       --set max_seconds=30 --set shard_size=100 \
       --set encoder_kwargs="{\"model_dir\": \"$WORK/$2\", \"device\": \"cpu\"}" \
       --set tokenizer_kwargs="{\"vocab\": \"$WORK/$2\"}" \
@@ -73,7 +73,7 @@ prepare_shards() {
 
 if [ ! -f "$WORK/songs/manifest.jsonl" ]; then
   t=$(stamp)
-  "$PY" training/synth_songs.py --out "$WORK/songs" --count "$SONGS" --seed 0 \
+  "$PY" -m training.synth_songs --out "$WORK/songs" --count "$SONGS" --seed 0 \
       --min-seconds 10 --max-seconds 30 --sample-rate 16000
   mark songs $(( $(stamp) - t ))
 fi
@@ -83,12 +83,12 @@ fi
 if [ ! -f "$WORK/vae-export/decoder.safetensors" ]; then
   t=$(stamp)
   # phase 1: mel + long-window STFT (up to 256 ms, 3.9 Hz bins) + frame-locked loss: pitch first
-  "$PY" training/vae.py --config training/configs/demo_vae.json --name demo-vae \
+  "$PY" -m training.vae --config training/configs/demo_vae.json --name demo-vae \
       --storage-path "$WORK" --max-steps "$VAE_PITCH_STEPS" \
       --set manifest="$WORK/songs/manifest.jsonl"
   # phase 2: the same run resumed with 16 and 32 ms STFT windows added: onsets (drums) and tempo
   # (--resume: the losses differ from phase 1's, which the run-name guard otherwise refuses)
-  "$PY" training/vae.py --config training/configs/demo_vae_onsets.json --name demo-vae --resume \
+  "$PY" -m training.vae --config training/configs/demo_vae_onsets.json --name demo-vae --resume \
       --storage-path "$WORK" --export-dir "$WORK/vae-export" --max-steps "$VAE_STEPS" \
       --set manifest="$WORK/songs/manifest.jsonl"
   "$PY" training/recipes/demo_latent_scale.py --model-dir "$WORK/vae-export" \
@@ -106,7 +106,7 @@ prepare_shards shards vae-gan-export prepare
 
 if [ ! -f "$WORK/export/model.safetensors" ]; then
   t=$(stamp)
-  "$PY" training/block_fm.py --config training/configs/demo_block_fm.json --name demo-block_fm \
+  "$PY" -m training.block_fm --config training/configs/demo_block_fm.json --name demo-block_fm \
       --storage-path "$WORK" --export-dir "$WORK/export" --max-steps "$DIT_STEPS" --set decay_steps="$DIT_DECAY" \
       --set data="$WORK/shards" --set assets_dir="$WORK/vae-gan-export"
   mark block_fm $(( $(stamp) - t ))
@@ -120,7 +120,7 @@ prepare_shards shards_onset vae-onset-export prepare_onset
 
 if [ ! -f "$WORK/export_onset/model.safetensors" ]; then
   t=$(stamp)
-  "$PY" training/block_fm.py --config training/configs/demo_block_fm.json --name demo-block_fm-onset \
+  "$PY" -m training.block_fm --config training/configs/demo_block_fm.json --name demo-block_fm-onset \
       --storage-path "$WORK" --export-dir "$WORK/export_onset" --max-steps "$DIT_ONSET_STEPS" \
       --set init_from="$WORK/export" --set lr=0.0005 --set warmup_steps=20 --set decay_steps=300 \
       --set data="$WORK/shards_onset" --set assets_dir="$WORK/vae-onset-export"
@@ -130,7 +130,7 @@ fi
 if [ ! -f "$WORK/export_clock/model.safetensors" ]; then
   t=$(stamp)
   # a zero-initialised tempo clock added to the DiT: it starts out as the model above
-  "$PY" training/block_fm.py --config training/configs/demo_block_fm.json --name demo-block_fm-clock \
+  "$PY" -m training.block_fm --config training/configs/demo_block_fm.json --name demo-block_fm-clock \
       --storage-path "$WORK" --export-dir "$WORK/export_clock" --max-steps "$DIT_CLOCK_STEPS" \
       --set init_from="$WORK/export_onset" --set lr=0.0005 --set warmup_steps=20 --set decay_steps=500 \
       --set 'model={"tempo_clock": [4, 2, 1, 0.5, 0.25]}' \

@@ -1,4 +1,4 @@
-"""Synthesis of each part of a :class:`~dr2studio.synth.arrangement.SongPlan` into mono audio.
+"""Synthesis of each part of a :class:`~dr2studio.lab.synth.arrangement.SongPlan` into mono audio.
 
 Tonal instruments are wavetable oscillators (tables built from harmonic amplitudes by an inverse FFT,
 band-limited per note); the lead voice is additive synthesis whose harmonic amplitudes follow the
@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from dr2studio.synth import dsp
-from dr2studio.synth.arrangement import Note, SungNote
-from dr2studio.synth.theory import midi_to_hz
+from dr2studio.lab.synth import dsp
+from dr2studio.lab.synth.arrangement import Note, SungNote
+from dr2studio.lab.synth.theory import midi_to_hz
 
 __all__ = ["ToneSpec", "TONES", "render_tone", "render_voice", "render_drums", "FORMANTS"]
 

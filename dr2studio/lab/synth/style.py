@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from dr2studio.synth.theory import key_name, parse_key
+from dr2studio.lab.synth.theory import key_name, parse_key
 
 __all__ = ["StyleFacts", "describe_style", "parse_style"]
 

@@ -1,13 +1,14 @@
-"""Music theory for the procedural songs: key names, scales, diatonic chords and progressions.
+"""Music theory for the procedural songs: scales, diatonic chords and progressions.
 
 Pitches are MIDI note numbers (69 = A4 = 440 Hz); pitch classes are 0..11 with 0 = C. A chord is a
-tuple of pitch-class offsets from the tonic, so it can be voiced in any octave.
+tuple of pitch-class offsets from the tonic, so it can be voiced in any octave. Key names and key
+parsing come from the product (:mod:`dr2studio.audio.keys`) and are re-exported here.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
+
+from dr2studio.audio.keys import MODES, key_name, parse_key
 
 __all__ = [
     "MAJOR_SCALE",
@@ -23,13 +24,6 @@ __all__ = [
 
 MAJOR_SCALE: tuple[int, ...] = (0, 2, 4, 5, 7, 9, 11)
 MINOR_SCALE: tuple[int, ...] = (0, 2, 3, 5, 7, 8, 10)  # natural minor
-MODES: tuple[str, ...] = ("major", "minor")
-
-# Conventional spellings: flats where the key signature uses flats.
-_MAJOR_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-_MINOR_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
-_LETTER_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_KEY_RE = re.compile(r"^\s*([A-Ga-g])\s*([#♯b♭]?)\s*(major|minor|maj|min|m)?\s*$", re.IGNORECASE)
 
 # Chord progressions as scale degrees (0-based), one chord per half bar. Degree 7 in minor means the major dominant (V with a
 # raised leading tone, from harmonic minor), which makes a minor key audible as minor.
@@ -50,29 +44,6 @@ PROGRESSIONS: dict[str, dict[str, tuple[tuple[int, ...], ...]]] = {
         "outro": ((5, DOMINANT_MAJOR, 0, 0), (3, DOMINANT_MAJOR, 0, 0), (5, 6, DOMINANT_MAJOR, 0)),
     },
 }
-
-
-def key_name(tonic_pc: int, mode: str) -> str:
-    """Tonic spelling for ``tonic_pc`` (0..11) in ``mode``: e.g. ``key_name(10, "major") == "Bb"``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    names = _MAJOR_NAMES if mode == "major" else _MINOR_NAMES
-    return names[int(tonic_pc) % 12]
-
-
-def parse_key(text: str) -> tuple[int, str]:
-    """Parse ``"A minor"``, ``"F# major"``, ``"Bbm"`` or ``"Eb"`` (major) -> ``(tonic_pc, mode)``."""
-    m = _KEY_RE.match(text)
-    if not m:
-        raise ValueError(f"cannot parse key {text!r}: expected a tonic letter A-G, optional #/b, and major/minor")
-    letter, accidental, mode = m.groups()
-    pc = _LETTER_PC[letter.upper()]
-    if accidental in ("#", "♯"):
-        pc += 1
-    elif accidental in ("b", "♭"):
-        pc -= 1
-    mode_l = (mode or "major").lower()
-    return pc % 12, "minor" if mode_l in ("minor", "min", "m") else "major"
 
 
 def scale_of(mode: str) -> tuple[int, ...]:

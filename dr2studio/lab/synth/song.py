@@ -1,7 +1,7 @@
 """Procedural songs with lyrics and a style text, deterministic from a seed.
 
-``generate_song(seed)`` draws a score (:func:`~dr2studio.synth.arrangement.plan_song`), synthesises it
-(:mod:`~dr2studio.synth.instruments`) and returns a :class:`SynthSong`: mono float32 audio ``[n]``, the
+``generate_song(seed)`` draws a score (:func:`~dr2studio.lab.synth.arrangement.plan_song`), synthesises it
+(:mod:`~dr2studio.lab.synth.instruments`) and returns a :class:`SynthSong`: mono float32 audio ``[n]``, the
 lyrics as LRC text with section tags, and the style text that names tempo, key and instruments.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ import dataclasses
 import numpy as np
 
 from dr2studio.config import ConfigError, JsonConfig
-from dr2studio.synth import dsp
-from dr2studio.synth.arrangement import GENRES, SongPlan, SongSection, plan_song
-from dr2studio.synth.instruments import TONES, render_drums, render_tone, render_voice
-from dr2studio.synth.style import describe_style
-from dr2studio.synth.theory import key_name
+from dr2studio.lab.synth import dsp
+from dr2studio.lab.synth.arrangement import GENRES, SongPlan, SongSection, plan_song
+from dr2studio.lab.synth.instruments import TONES, render_drums, render_tone, render_voice
+from dr2studio.lab.synth.style import describe_style
+from dr2studio.lab.synth.theory import key_name
 
 __all__ = ["SynthConfig", "SynthSong", "generate_song", "song_from_plan", "lyrics_lrc"]
 

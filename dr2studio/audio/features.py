@@ -1,8 +1,9 @@
-"""Measurements of music audio: tempo, key, section energy and spectral flatness, plus the error
-measures that compare them with what a style text or a song plan asked for.
+"""Measurements of music audio: onset envelope, tempo, beat strength, chroma, key, section levels and
+spectral flatness.
 
-Used by ``benchmarks/demo_quality.py`` to tell music from noise and to check that a model follows its
-conditioning. numpy only (no librosa). Audio may be mono ``[n]`` or channels-first ``[C, n]``; it is
+The tag style encoder reads the tempo and key of a reference recording with these
+(:meth:`dr2studio.style.tag_encoder.TagStyleEncoder.embed_audio`); the lab's benchmarks use them to tell
+music from noise. numpy only (no librosa). Audio may be mono ``[n]`` or channels-first ``[C, n]``; it is
 mixed to mono first.
 """
 from __future__ import annotations
@@ -13,18 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from dr2studio.synth.theory import key_name, parse_key
+from dr2studio.audio.keys import key_name
 
 __all__ = [
     "onset_strength",
+    "beat_strength",
     "estimate_tempo",
-    "tempo_error",
     "chroma",
     "estimate_key",
-    "key_distance",
-    "key_score",
     "section_energy",
-    "energy_pattern_correlation",
     "spectral_flatness",
 ]
 
@@ -169,16 +167,6 @@ def estimate_tempo(
     return 60.0 * fps / lag
 
 
-def tempo_error(estimate: float, reference: float, *, octave: bool = True) -> float:
-    """Relative tempo error ``|est - ref| / ref``; with ``octave`` the best of est, 2*est and est/2."""
-    if reference <= 0:
-        raise ValueError(f"reference tempo must be positive, got {reference}")
-    if estimate <= 0:
-        return 1.0
-    factors = (1.0, 2.0, 0.5) if octave else (1.0,)
-    return min(abs(estimate * f - reference) / reference for f in factors)
-
-
 def _band_chroma(mag: np.ndarray, freqs: np.ndarray, sr: int, n_fft: int, lo: float, hi: float) -> np.ndarray:
     """Pitch-class weights ``[12]`` from the bins in ``[lo, hi]`` Hz of a magnitude STFT ``[F, bins]``."""
     band = (freqs >= lo) & (freqs <= hi)
@@ -239,48 +227,6 @@ def estimate_key(audio: np.ndarray, sr: int, profiles: str = "albrecht-shanahan"
     return key_name(tonic, mode), mode, r
 
 
-def _key(k: Any) -> tuple[int, str]:
-    """Accept ``(tonic, mode)`` with the tonic as a name or pitch class, or a text like ``"A minor"``."""
-    if isinstance(k, str):
-        return parse_key(k)
-    tonic, mode = k[0], k[1]
-    if mode not in ("major", "minor"):
-        raise ValueError(f"mode must be 'major' or 'minor', got {mode!r}")
-    pc = parse_key(str(tonic))[0] if isinstance(tonic, str) else int(tonic) % 12
-    return pc, mode
-
-
-def _signature(pc: int, mode: str) -> int:
-    """Position on the circle of fifths of the key signature (relative keys share one)."""
-    major_pc = pc if mode == "major" else (pc + 3) % 12
-    return (major_pc * 7) % 12
-
-
-def key_distance(a: Any, b: Any) -> float:
-    """Circle-of-fifths steps between the key signatures, plus 0.5 when the modes differ.
-
-    0 = same key, 0.5 = relative major/minor, 1 = a fifth apart in the same mode, 3.5 = parallel key.
-    Keys are ``(tonic, mode)`` pairs or texts like ``"F# minor"``.
-    """
-    (pa, ma), (pb, mb) = _key(a), _key(b)
-    d = abs(_signature(pa, ma) - _signature(pb, mb))
-    return float(min(d, 12 - d)) + (0.5 if ma != mb else 0.0)
-
-
-def key_score(estimate: Any, reference: Any) -> float:
-    """MIREX key score: 1 same key, 0.5 a fifth away (same mode), 0.3 relative, 0.2 parallel, else 0."""
-    (pe, me), (pr, mr) = _key(estimate), _key(reference)
-    if (pe, me) == (pr, mr):
-        return 1.0
-    if me == mr and (pe - pr) % 12 in (5, 7):
-        return 0.5
-    if me != mr and _signature(pe, me) == _signature(pr, mr):
-        return 0.3
-    if pe == pr:
-        return 0.2
-    return 0.0
-
-
 def _span(section: Any) -> tuple[float, float]:
     if isinstance(section, dict):
         return float(section["start_s"]), float(section["end_s"])
@@ -305,21 +251,6 @@ def section_energy(audio: np.ndarray, sr: int, sections: Sequence[Any]) -> list[
         rms = float(np.sqrt(np.mean(seg**2))) if len(seg) else 0.0
         out.append(20.0 * math.log10(max(rms, 1e-6)))
     return out
-
-
-def energy_pattern_correlation(measured_db: Sequence[float], pattern: Sequence[float]) -> float:
-    """Pearson correlation between measured section levels (dB) and a planned energy pattern (linear).
-
-    The pattern is taken to dB too, so the figure compares loudness ratios between sections. Returns
-    0.0 when either side is constant (no pattern to follow) or there are fewer than two sections.
-    """
-    m = np.asarray(measured_db, dtype=np.float64)
-    p = 20.0 * np.log10(np.maximum(np.asarray(pattern, dtype=np.float64), 1e-6))
-    if m.shape != p.shape:
-        raise ValueError(f"measured has {m.size} sections but the pattern has {p.size}")
-    if m.size < 2 or m.std() < 1e-9 or p.std() < 1e-9:
-        return 0.0
-    return float(np.corrcoef(m, p)[0, 1])
 
 
 def spectral_flatness(audio: np.ndarray, n_fft: int = 2048) -> float:

@@ -1,7 +1,7 @@
 """The score of a procedural song: genre, tempo, key, sections, chords, lyric lines and every note.
 
 ``plan_song`` only draws random choices and writes them down as plain data (:class:`SongPlan`); turning
-the score into audio is :mod:`dr2studio.synth.instruments`' job. Times are in seconds. The song is cut
+the score into audio is :mod:`dr2studio.lab.synth.instruments`' job. Times are in seconds. The song is cut
 into bars of four beats; each section holds whole bars (the last one also takes the partial bar at the
 end), plays its own chord progression at one chord per half bar, and has an ``energy`` level that scales the
 velocity of every note in it and decides which instruments play.
@@ -12,8 +12,8 @@ import dataclasses
 
 import numpy as np
 
-from dr2studio.synth.theory import DOMINANT_MAJOR, PROGRESSIONS, chord_of, scale_of
-from dr2studio.synth.words import LyricLine, make_line
+from dr2studio.lab.synth.theory import DOMINANT_MAJOR, PROGRESSIONS, chord_of, scale_of
+from dr2studio.lab.synth.words import LyricLine, make_line
 
 __all__ = ["GENRES", "SECTION_KINDS", "SongSection", "Note", "SungNote", "SungLine", "SongPlan", "plan_song"]
 

@@ -1,0 +1,41 @@
+"""Musical key names: spelling a tonic pitch class and parsing key texts such as ``"F# minor"``.
+
+Pitch classes are 0..11 with 0 = C. Lives in the product because the key estimate of a reference
+recording (:func:`dr2studio.audio.features.estimate_key`) is reported by name.
+"""
+from __future__ import annotations
+
+import re
+
+__all__ = ["MODES", "key_name", "parse_key"]
+
+MODES: tuple[str, ...] = ("major", "minor")
+
+# Conventional spellings: flats where the key signature uses flats.
+_MAJOR_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+_MINOR_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
+_LETTER_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_KEY_RE = re.compile(r"^\s*([A-Ga-g])\s*([#♯b♭]?)\s*(major|minor|maj|min|m)?\s*$", re.IGNORECASE)
+
+
+def key_name(tonic_pc: int, mode: str) -> str:
+    """Tonic spelling for ``tonic_pc`` (0..11) in ``mode``: e.g. ``key_name(10, "major") == "Bb"``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    names = _MAJOR_NAMES if mode == "major" else _MINOR_NAMES
+    return names[int(tonic_pc) % 12]
+
+
+def parse_key(text: str) -> tuple[int, str]:
+    """Parse ``"A minor"``, ``"F# major"``, ``"Bbm"`` or ``"Eb"`` (major) -> ``(tonic_pc, mode)``."""
+    m = _KEY_RE.match(text)
+    if not m:
+        raise ValueError(f"cannot parse key {text!r}: expected a tonic letter A-G, optional #/b, and major/minor")
+    letter, accidental, mode = m.groups()
+    pc = _LETTER_PC[letter.upper()]
+    if accidental in ("#", "♯"):
+        pc += 1
+    elif accidental in ("b", "♭"):
+        pc -= 1
+    mode_l = (mode or "major").lower()
+    return pc % 12, "minor" if mode_l in ("minor", "min", "m") else "major"

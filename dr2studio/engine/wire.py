@@ -1,0 +1,259 @@
+"""The engine's wire format, shared by :class:`~dr2studio.engine.ServeEngine` and :mod:`dr2studio.serve`.
+
+- :class:`JobRequest`: one flat JSON object per job (the shape HTTP clients and DAW scripts send),
+  validated by the typed requests of :mod:`dr2studio.requests` (:meth:`JobRequest.typed`), so its
+  limits and messages are exactly those of every other door.
+- A song travels as a zip of its audio and sidecar (:func:`song_to_bytes`), base64 in JSON.
+- A job's stream is newline-delimited JSON events (:func:`encode_event`, :func:`consume_events`):
+  ``accepted``, ``progress``, ``audio``, ``heartbeat``, then one ``result`` or ``error`` / ``cancelled``
+  (``message``, and ``code``: an :class:`~dr2studio.engine.jobs.ErrorCode`).
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from dr2studio.config import ConfigError, JsonConfig
+from dr2studio.engine.jobs import ErrorCode, EventType, JobCancelled, JobContext, JobError, JobEvent
+from dr2studio.requests import (
+    DEFAULT_CFG_STRENGTH,
+    DEFAULT_CROSSFADE,
+    DEFAULT_EXTEND_SECONDS,
+    DEFAULT_STEPS,
+    DURATION,
+    ExtendRequest,
+    GenerateRequest,
+    InfillRequest,
+    RequestError,
+    SamplingRequest,
+)
+
+__all__ = [
+    "JOB_KINDS",
+    "JobRequest",
+    "TypedRequest",
+    "StreamType",
+    "song_to_bytes",
+    "song_from_bytes",
+    "encode_event",
+    "consume_events",
+    "parse_payload",
+    "error_body",
+]
+
+JOB_KINDS = ("generate", "extend", "infill")
+
+TypedRequest = GenerateRequest | ExtendRequest | InfillRequest
+
+
+class StreamType(enum.StrEnum):
+    """The ``type`` of a streamed Serve event that is not a :class:`~dr2studio.engine.jobs.EventType`."""
+
+    ACCEPTED = "accepted"
+    HEARTBEAT = "heartbeat"
+    RESULT = "result"
+
+
+@dataclasses.dataclass
+class JobRequest(JsonConfig):
+    """What to render, as one flat JSON object (the Serve wire format; unknown keys are kept, not refused).
+
+    ``kind``: ``generate`` (``duration`` seconds from scratch; ``full_length`` holds the song's end off
+    until then; ``stereo`` widens it), ``extend`` (``seconds`` more after the given song; ``None``: the
+    default 30) or ``infill`` (regenerate ``[start, end)`` seconds of the given song). ``style`` is a
+    text prompt; ``style_embedding`` a 512-float vector that wins over it. ``tempo`` (bpm) drives a
+    model's tempo clock; by default the tempo the ``style`` text states. ``steps``, ``cfg_strength``,
+    ``seed``: the sampling. ``instrumental``: sing no line. Extend and infill: ``crossfade`` seconds,
+    ``match_level`` (bring the new audio to the level of the audio it joins), ``inversion_steps``.
+
+    :meth:`validate` builds the typed request (:meth:`typed`) and validates it: a bad value raises
+    :class:`~dr2studio.requests.RequestError` with the message every door gives. The result song's
+    ``settings["length"]`` says requested vs delivered seconds and why (see :attr:`Job.length`).
+    """
+
+    kind: str = "generate"
+    lyrics: str = ""
+    style: str | None = None
+    style_embedding: list[float] | None = None
+    duration: float | None = None
+    seconds: float | None = None
+    start: float | None = None
+    end: float | None = None
+    steps: int = DEFAULT_STEPS
+    cfg_strength: float = DEFAULT_CFG_STRENGTH
+    seed: int | None = None
+    tempo: float | None = None
+    full_length: bool = False
+    match_level: bool = True
+    instrumental: bool = False
+    stereo: bool = False
+    crossfade: float = DEFAULT_CROSSFADE
+    inversion_steps: int | None = None
+
+    def validate(self) -> None:
+        """Refuse what the typed request refuses (the field a kind cannot do without is checked first)."""
+        if self.kind not in JOB_KINDS:
+            raise RequestError("kind", f"job kind {self.kind!r} is not one of {', '.join(JOB_KINDS)}")
+        if self.kind == "generate":
+            DURATION.check(self.duration)
+        self.typed().validate()
+
+    def check_song(self, song: Any) -> None:
+        """After :meth:`validate`: an infill's range against the song it edits (when there is one)."""
+        seconds = getattr(song, "duration", None)
+        if self.kind == "infill" and seconds is not None:
+            self.typed().validate(song_seconds=float(seconds))  # type: ignore[call-arg]
+
+    def typed(self) -> TypedRequest:
+        """The typed request of :mod:`dr2studio.requests` this wire request stands for (not yet validated)."""
+        sampling = SamplingRequest(steps=self.steps, cfg_strength=self.cfg_strength, seed=self.seed)
+        common: dict[str, Any] = dict(lyrics=self.lyrics, style=self.style, style_embedding=self.style_embedding,
+                                      sampling=sampling, tempo=self.tempo, instrumental=self.instrumental)
+        if self.kind == "generate":
+            return GenerateRequest(**common, duration=self.duration, full_length=self.full_length,  # type: ignore[arg-type]
+                                   stereo=self.stereo)
+        edit: dict[str, Any] = dict(crossfade=self.crossfade, match_level=self.match_level,
+                                    inversion_steps=self.inversion_steps)
+        if self.kind == "extend":
+            seconds = DEFAULT_EXTEND_SECONDS if self.seconds is None else self.seconds
+            return ExtendRequest(**common, **edit, seconds=seconds)
+        if self.kind == "infill":
+            return InfillRequest(**common, **edit, start=self.start, end=self.end)  # type: ignore[arg-type]
+        raise RequestError("kind", f"job kind {self.kind!r} is not one of {', '.join(JOB_KINDS)}")
+
+    @classmethod
+    def from_typed(cls, request: TypedRequest) -> "JobRequest":
+        """The wire form of a typed request (what :meth:`typed` gives back)."""
+        sampling = request.sampling if isinstance(request.sampling, SamplingRequest) else SamplingRequest.from_dict(request.sampling)
+        out = cls(kind=request.kind, lyrics=request.lyrics, style=request.style,
+                  style_embedding=request.style_embedding, steps=sampling.steps, cfg_strength=sampling.cfg_strength,
+                  seed=sampling.seed, tempo=request.tempo, instrumental=request.instrumental)
+        if isinstance(request, GenerateRequest):
+            out.duration, out.full_length, out.stereo = request.duration, request.full_length, request.stereo
+        else:
+            out.crossfade, out.match_level, out.inversion_steps = (request.crossfade, request.match_level,
+                                                                   request.inversion_steps)
+            if isinstance(request, ExtendRequest):
+                out.seconds = request.seconds
+            else:
+                out.start, out.end = request.start, request.end
+        return out
+
+
+# --------------------------------------------------------------------------------------------- songs
+
+def song_to_bytes(song: Any) -> bytes:
+    """Pack a song (audio + its ``.dr2.safetensors`` sidecar) into one zip blob for the wire."""
+    with tempfile.TemporaryDirectory(prefix="dr2-song-") as tmp:
+        song.save(Path(tmp) / "song.wav", subtype="FLOAT")  # lossless on the wire
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+            for path in sorted(Path(tmp).iterdir()):
+                if path.is_file():
+                    zf.write(path, arcname=path.name)
+        return buf.getvalue()
+
+
+def song_from_bytes(blob: bytes) -> Any:
+    """Inverse of :func:`song_to_bytes`. Member names with folders are refused (no zip-slip)."""
+    from dr2studio.song import Song
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(blob))
+    except zipfile.BadZipFile as exc:
+        raise JobError(f"song payload is not a song archive: {exc}", ErrorCode.BAD_REQUEST) from exc
+    with zf, tempfile.TemporaryDirectory(prefix="dr2-song-") as tmp:
+        names = zf.namelist()
+        if "song.wav" not in names:
+            raise JobError("song payload has no song.wav", ErrorCode.BAD_REQUEST)
+        for name in names:
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise JobError(f"song payload member {name!r} is not a plain file name", ErrorCode.BAD_REQUEST)
+            (Path(tmp) / name).write_bytes(zf.read(name))
+        return Song.load(Path(tmp) / "song.wav")
+
+
+# ------------------------------------------------------------------------------------------- payload
+
+def parse_payload(payload: Any) -> tuple[JobRequest, Any]:
+    """Request + optional input song from a ``{"request": {...}, "song": base64 | null}`` body.
+
+    Anything wrong raises :class:`JobError` with :attr:`ErrorCode.BAD_REQUEST` naming it.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("request"), dict):
+        raise JobError("body must be a JSON object with a 'request' object", ErrorCode.BAD_REQUEST)
+    try:
+        request = JobRequest.from_dict(payload["request"])
+    except (RequestError, ConfigError) as exc:
+        raise JobError(str(exc), ErrorCode.BAD_REQUEST) from exc
+    song = None
+    if payload.get("song") is not None:
+        try:
+            song = song_from_bytes(base64.b64decode(payload["song"], validate=True))
+        except (JobError, ValueError, TypeError) as exc:
+            raise JobError(f"'song' is not a base64 song archive: {exc}", ErrorCode.BAD_REQUEST) from exc
+    if request.kind in ("extend", "infill") and song is None:
+        raise JobError(f"{request.kind} needs a 'song'", ErrorCode.BAD_REQUEST)
+    try:
+        request.check_song(song)
+    except RequestError as exc:
+        raise JobError(str(exc), ErrorCode.BAD_REQUEST) from exc
+    return request, song
+
+
+def error_body(message: str, code: ErrorCode) -> dict[str, Any]:
+    """The JSON body of a refused request (HTTP status ``code.http_status``)."""
+    return {"detail": message, "code": str(code)}
+
+
+# -------------------------------------------------------------------------------------------- events
+
+def encode_event(event: JobEvent) -> dict[str, Any]:
+    """A job event as the JSON object the serve deployment streams (one per line)."""
+    out: dict[str, Any] = {"type": str(event.type)}
+    if event.type == EventType.PROGRESS:
+        out.update(fraction=event.fraction, stage=event.stage)
+    elif event.type == EventType.AUDIO and event.audio is not None:
+        arr = np.ascontiguousarray(event.audio, dtype="<f4")
+        out.update(offset=event.offset, channels=arr.shape[0], data=base64.b64encode(arr.tobytes()).decode("ascii"))
+    elif event.type in (EventType.ERROR, EventType.CANCELLED):
+        default = ErrorCode.CANCELLED if event.type == EventType.CANCELLED else ErrorCode.FAILED
+        out.update(message=event.message, code=str(event.code or default))
+    return out
+
+
+def _decode_audio(event: dict[str, Any]) -> tuple[np.ndarray, int]:
+    raw = np.frombuffer(base64.b64decode(event["data"]), dtype="<f4")
+    channels = int(event["channels"])
+    return raw.reshape(channels, -1).astype(np.float32), int(event["offset"])
+
+
+def consume_events(events: Iterable[dict[str, Any]], ctx: JobContext) -> Any:
+    """Replay a stream of serve events into ``ctx`` and return the song of the final ``result``.
+
+    An ``error`` event raises :class:`JobError` with the code the server sent (``failed`` if none).
+    """
+    for event in events:
+        kind = event.get("type")
+        if kind == EventType.PROGRESS:
+            ctx.progress(float(event.get("fraction", 0.0)), str(event.get("stage", "")))
+        elif kind == EventType.AUDIO:
+            chunk, offset = _decode_audio(event)
+            ctx.audio(chunk, offset)
+        elif kind == StreamType.RESULT:
+            return song_from_bytes(base64.b64decode(event["song"]))
+        elif kind == EventType.CANCELLED:
+            raise JobCancelled(event.get("message") or "cancelled by the server")
+        elif kind == EventType.ERROR:
+            raise JobError(event.get("message") or "the server reported an error", ErrorCode.parse(event.get("code")))
+        else:
+            ctx.check()
+    raise JobError("the server closed the stream before sending a result")
