@@ -38,6 +38,12 @@ __all__ = [
     "INVERSION_STEPS",
     "MAX_SECONDS",
     "MAX_LYRICS_CHARS",
+    "MAX_LYRICS_BYTES",
+    "MAX_LYRIC_TOKENS",
+    "MAX_BODY_BYTES",
+    "MAX_SONG_BYTES",
+    "MAX_SONG_MEMBERS",
+    "PlainText",
     "DAWS",
     "DEFAULT_STEPS",
     "DEFAULT_CFG_STRENGTH",
@@ -54,8 +60,31 @@ __all__ = [
 MAX_SECONDS = 600.0
 #: The most lyric text one request may carry (characters): far beyond any song, far below a memory risk.
 MAX_LYRICS_CHARS = 64 * 1024
+#: The largest lyrics file read (bytes), checked on its size before reading: MAX_LYRICS_CHARS characters
+#: at up to 4 bytes each (UTF-8 or UTF-16) plus a byte-order mark.
+MAX_LYRICS_BYTES = 4 * MAX_LYRICS_CHARS + 4
+#: The most lyric tokens (phones, tags and line stops) one song's lyrics may encode to. Numbers expand
+#: ("1,000,000" is sung as three words), so 64 K characters could give far more; a 10-minute song has
+#: a few thousand, and the DiT attends over all of them in every block.
+MAX_LYRIC_TOKENS = 16 * 1024
 #: The DAW project layouts the stems and the bridge know.
 DAWS: tuple[str, ...] = ("ableton", "reaper", "generic")
+#: Serve: the largest request body (bytes), refused on its Content-Length and while it streams in.
+#: A 600 s stereo float32 song archive is ~231 MB, ~308 MB as base64.
+MAX_BODY_BYTES = 512 * 1024 * 1024
+#: Serve: the most bytes a song archive may inflate to (all members together), checked against the
+#: declared sizes and again while each member is extracted: no bigger than a stored archive that fits the body.
+MAX_SONG_BYTES = MAX_BODY_BYTES * 3 // 4
+#: Serve: the most members a song archive may hold (it has two: song.wav and its sidecar).
+MAX_SONG_MEMBERS = 8
+
+
+class PlainText(str):
+    """Text that is data only: a lyric or style prompt from a network door (Serve). The Studio never reads
+    it as a file path, so a request cannot name a server file (``/etc/x.lrc``, ``style.npy``) or learn
+    whether one exists."""
+
+    __slots__ = ()
 
 DEFAULT_STEPS = 32
 DEFAULT_CFG_STRENGTH = 2.0

@@ -7,6 +7,14 @@ song is kept in and a SHA-256 of the audio file.
 ``Song.load`` reads both; a sidecar whose hash does not match the audio (the file was edited or
 re-rendered since) is ignored with a warning, so ``extend`` falls back to encoding the audio instead
 of continuing from latents that no longer describe it.
+
+The sidecar itself is trusted only as far as it checks out (one rule, see ``docs/security.md``): its
+``state_sha256`` covers the latents, tokens, style and every metadata field (lyrics, seed, settings, model,
+...), and every value is validated on load (latents finite and of plausible magnitude, tokens in the
+lyric table's range, settings a JSON object whose tempo, steps, guidance and edit history have the right
+types and ranges). A sidecar that fails either is refused with :class:`SidecarError` naming the sidecar and
+the field; nothing is rendered from it. Delete or rename it to continue from the audio alone. Sidecars
+written before the checksum existed still load, and are validated the same way.
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,14 +35,26 @@ import soundfile as sf
 
 from dr2studio.atomic import atomic_path
 from dr2studio.audio.io import AudioError, audio_info, read_audio, write_audio
+from dr2studio.lyrics.vocab import STOP_ID
+from dr2studio.requests import CFG_STRENGTH, DURATION, MAX_LYRIC_TOKENS, SEED, STEPS, TEMPO, RequestError
 
-__all__ = ["Song", "Edit", "SidecarError", "SIDECAR_SUFFIX", "sidecar_path"]
+__all__ = ["Song", "Edit", "SidecarError", "SIDECAR_SUFFIX", "MAX_SIDECAR_BYTES", "MAX_LATENT_ABS", "sidecar_path",
+           "validate_sidecar_state"]
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".dr2.safetensors"
 _SIDECAR_FORMAT = "dr2studio-song"
 _SIDECAR_VERSION = "1"
+#: The largest sidecar read (bytes), checked on its size before reading: a 600 s take's latents are a few MB.
+MAX_SIDECAR_BYTES = 64 * 1024 * 1024
+#: The largest latent value a sidecar may hold: the VAE's latents stay within a few units; a scaled copy
+#: (x1000) decodes to clipped noise.
+MAX_LATENT_ABS = 100.0
+_CHECKSUM_KEY = "state_sha256"
+_TENSOR_NAMES = ("latents", "tokens", "style")
+#: settings keys with a request limit, checked on load
+_SETTING_LIMITS = {"tempo_bpm": TEMPO, "steps": STEPS, "cfg_strength": CFG_STRENGTH, "duration": DURATION}
 
 
 class SidecarError(ValueError):
@@ -44,6 +65,74 @@ def sidecar_path(audio_path: str | os.PathLike) -> Path:
     """``song.wav`` -> ``song.dr2.safetensors`` (same folder)."""
     path = Path(audio_path)
     return path.with_name(path.stem + SIDECAR_SUFFIX)
+
+
+def _state_sha256(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and every metadata field but the checksum itself,
+    in a fixed order, so that no part of the sidecar can change without the checksum noticing."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"tensor\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for key in sorted(k for k in meta if k != _CHECKSUM_KEY):
+        h.update(f"meta\0{key}\0{len(meta[key])}\0".encode())
+        h.update(meta[key].encode("utf-8"))
+    return h.hexdigest()
+
+
+def _bad(side: Path, field: str, message: str) -> SidecarError:
+    return SidecarError(f"sidecar {side}: {field} {message}; delete or rename it to continue from the audio alone")
+
+
+def validate_sidecar_state(side: Path, tensors: dict[str, torch.Tensor], settings: Any, seed: str) -> None:
+    """Refuse (:class:`SidecarError` naming ``side`` and the field) values no render of this package writes:
+    latents not ``[1, T, M]`` float, not finite or beyond :data:`MAX_LATENT_ABS`; tokens not 1-D integers in
+    ``[0, STOP_ID]`` or more than MAX_LYRIC_TOKENS of them; a style not 512 finite floats; settings not an object,
+    a tempo, steps, guidance or duration out of the request limits, an edit history not a list of objects."""
+    lat = tensors["latents"]
+    if not lat.is_floating_point() or lat.dim() not in (2, 3) or (lat.dim() == 3 and lat.shape[0] != 1):
+        raise _bad(side, "latents", f"must be a float [1, T, M] tensor, got {lat.dtype} {tuple(lat.shape)}")
+    if lat.numel():
+        if not bool(torch.isfinite(lat).all()):
+            raise _bad(side, "latents", "hold NaN or infinite values")
+        peak = float(lat.abs().max())
+        if peak > MAX_LATENT_ABS:
+            raise _bad(side, "latents", f"reach {peak:.3g}, beyond any the model makes (at most {MAX_LATENT_ABS:g})")
+    tokens = tensors.get("tokens")
+    if tokens is not None:
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool or tokens.dim() != 1:
+            raise _bad(side, "tokens", f"must be a 1-D integer tensor, got {tokens.dtype} {tuple(tokens.shape)}")
+        if tokens.numel() > MAX_LYRIC_TOKENS:
+            raise _bad(side, "tokens", f"hold {tokens.numel()} ids; the limit is {MAX_LYRIC_TOKENS}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) > STOP_ID):
+            raise _bad(side, "tokens", f"must be lyric ids in [0, {STOP_ID}], got [{int(tokens.min())}, {int(tokens.max())}]")
+    style = tensors.get("style")
+    if style is not None:
+        if not style.is_floating_point() or style.numel() != 512:
+            raise _bad(side, "style", f"must be 512 floats, got {style.dtype} {tuple(style.shape)}")
+        if not bool(torch.isfinite(style).all()):
+            raise _bad(side, "style", "holds NaN or infinite values")
+    if seed:
+        try:
+            SEED.check(int(seed))
+        except (ValueError, RequestError):
+            raise _bad(side, "seed", f"must be {SEED.describe()}, got {seed[:40]!r}") from None
+    if not isinstance(settings, dict):
+        raise _bad(side, "settings", f"must be a JSON object, got {type(settings).__name__}")
+    for key, limit in _SETTING_LIMITS.items():
+        if settings.get(key) is not None:
+            try:
+                limit.check(settings[key], f"settings.{key}")
+            except RequestError:
+                raise _bad(side, f"settings.{key}", f"must be {limit.describe()}, got {settings[key]!r}") from None
+    edits = settings.get("edits")
+    if edits is not None:
+        if not isinstance(edits, list):
+            raise _bad(side, "settings.edits", f"must be a list of edit objects, got {type(edits).__name__}")
+        for i, edit in enumerate(edits):
+            if not isinstance(edit, dict) or not isinstance(edit.get("kind", ""), str):
+                raise _bad(side, f"settings.edits[{i}]", "must be an object with a text 'kind'")
 
 
 def _file_sha256(path: Path) -> str:
@@ -241,6 +330,7 @@ class Song:
             "audio_sha256": audio_sha256,
             "subtype": self.subtype or "",
         }
+        meta[_CHECKSUM_KEY] = _state_sha256(tensors, meta)
         save_file(tensors, str(path), metadata=meta)
 
     @classmethod
@@ -250,24 +340,23 @@ class Song:
         audio, rate = read_audio(path)
         subtype = audio_info(path).subtype
         side = sidecar_path(path)
-        if not side.is_file():
+        if not side.exists() and not side.is_symlink():
             return cls(audio=audio, sample_rate=rate, path=path, subtype=subtype)
-        try:
-            with safe_open(str(side), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for damaged files
-            raise SidecarError(f"cannot read sidecar {side}: {exc}") from exc
-        if meta.get("format") != _SIDECAR_FORMAT or "latents" not in tensors:
-            raise SidecarError(f"{side} is not a dr2studio song sidecar")
+        tensors, meta = _read_sidecar(side)
         if meta.get("audio_sha256") != _file_sha256(path):
             log.warning("%s does not match %s (the audio changed since it was rendered); ignoring the sidecar", side.name, path.name)
             return cls(audio=audio, sample_rate=rate, path=path, subtype=subtype)
+        stored = meta.get(_CHECKSUM_KEY)
+        if stored is None:
+            log.info("%s predates sidecar checksums; its values are validated only", side.name)
+        elif stored != _state_sha256(tensors, meta):
+            raise _bad(side, _CHECKSUM_KEY, "does not match its latents, tokens, style and settings (the sidecar was edited)")
         seed = meta.get("seed", "")
         try:
             settings = json.loads(meta.get("settings") or "{}")
         except json.JSONDecodeError as exc:
-            raise SidecarError(f"{side}: settings are not valid JSON: {exc}") from exc
+            raise _bad(side, "settings", f"are not valid JSON ({exc})") from exc
+        validate_sidecar_state(side, tensors, settings, seed)
         return cls(
             audio=audio,
             sample_rate=rate,
@@ -281,3 +370,25 @@ class Song:
             path=path,
             subtype=meta.get("subtype") or subtype,  # the sidecar knows it when the file went over the wire as float
         )
+
+
+def _read_sidecar(side: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a sidecar, refused before reading when it is not a regular file or is
+    larger than :data:`MAX_SIDECAR_BYTES`; only the three known tensors are loaded."""
+    try:
+        info = os.stat(side)
+    except OSError as exc:
+        raise SidecarError(f"cannot read sidecar {side}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise SidecarError(f"sidecar {side} is not a regular file")
+    if info.st_size > MAX_SIDECAR_BYTES:
+        raise SidecarError(f"sidecar {side} is {info.st_size} bytes; the limit is {MAX_SIDECAR_BYTES}")
+    try:
+        with safe_open(str(side), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k in _TENSOR_NAMES}
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise SidecarError(f"cannot read sidecar {side}: {exc}") from exc
+    if meta.get("format") != _SIDECAR_FORMAT or "latents" not in tensors:
+        raise SidecarError(f"{side} is not a dr2studio song sidecar")
+    return tensors, meta

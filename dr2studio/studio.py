@@ -2,6 +2,11 @@
 
 Shape legend: T latent frames (5 per second), M latent channels, N audio samples, C channels.
 
+:meth:`Studio.run` is a façade in the shape of a diffusers pipeline: validate the request, resolve its
+conditions, read the song's state (latents), compute a splice plan (:mod:`dr2studio.audio.splice`: every
+index of the edit, at the song's own rate), render (:mod:`dr2studio.render`: the sample/decode loop) and
+apply the plan (splice the new audio into the song), giving a :class:`Song`.
+
 ``extend`` continues the song's latents with the sampler (the KV cache sees the old frames as a clean
 prefix) and decodes a short window of old context plus the new frames; the new audio then replaces
 the old only from the splice point on, through an equal-power crossfade that ends at the last old
@@ -32,18 +37,25 @@ import logging
 import math
 import os
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
 
 from dr2studio.audio.io import fake_stereo, resample, to_mono
-from dr2studio.audio.level import LevelStream, match_gain
-from dr2studio.audio.splice import SpliceStream, splice
-from dr2studio.audio.stream_resample import StreamResampler
+from dr2studio.audio.level import LEVEL_WINDOW
+from dr2studio.audio.splice import (
+    ExtendPlan,
+    ExtendSplice,
+    InfillPlan,
+    apply_infill,
+    infill_latents,
+    plan_extend,
+    plan_infill,
+)
+from dr2studio.render import AudioCallback, ProgressCallback, Rendered, render
 from dr2studio.requests import (
     DEFAULT_CFG_STRENGTH,
     DEFAULT_CROSSFADE,
@@ -52,6 +64,7 @@ from dr2studio.requests import (
     ExtendRequest,
     GenerateRequest,
     InfillRequest,
+    PlainText,
     RequestError,
     SamplingRequest,
 )
@@ -61,26 +74,14 @@ if TYPE_CHECKING:
     from dr2studio.lyrics.coverage import LyricsCoverage
 
 __all__ = ["Studio", "Song", "StudioError", "StudioRequestError", "SongRequest", "Conditions", "ProgressCallback",
-           "AudioCallback", "MAX_SECONDS", "model_fingerprint", "length_report", "LEVEL_WINDOW"]
+           "AudioCallback", "MAX_SECONDS", "model_fingerprint", "length_report", "LEVEL_WINDOW", "SplicePlan"]
 
 log = logging.getLogger(__name__)
 
-#: ``progress(done, total, stage)``: stage is "sample" (one call per block), "decode" (one per
-#: decoded chunk), "encode" (a song without sidecar) and finally "done" (done == total);
-#: ``done``/``total`` count over the whole call (total may grow while decoding).
-ProgressCallback = Callable[[int, int, str], None]
-#: ``on_audio(chunk)`` with each newly decoded ``[C, n]`` float32 chunk, in timeline order.
-AudioCallback = Callable[[torch.Tensor], None]
-
 #: What :meth:`Studio.run` takes: one typed request of :mod:`dr2studio.requests`.
 SongRequest = GenerateRequest | ExtendRequest | InfillRequest
-_CONTEXT_FRAMES = 8  # old frames decoded before a splice, so the decoder's edge effects fall outside it
-LEVEL_WINDOW = 3.0  # seconds of audio either side of a crossfade whose RMS level matching equalises
-#: While the end is held off, new frames this close (mean squared distance) to the all-ones
-#: end-of-song frame are dropped: the demo model's music frames measure >= 0.78, its end frames < 0.05
-#: with a few transition frames in between.
-_HOLD_EOP_DISTANCE = 0.5
-_HOLD_EXTRA_SECONDS = 30.0  # most extra seconds sampled to make up for dropped end-of-song frames
+#: The splice plan of an edit (:mod:`dr2studio.audio.splice`).
+SplicePlan = ExtendPlan | InfillPlan
 _STYLE_DIM = 512
 _EMBEDDING_EXTS = {".npy", ".safetensors"}
 _AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff"}
@@ -155,18 +156,6 @@ class _StereoStream:
         right = self.gain * joined[:, : mono.shape[1]]
         self.tail = joined[:, mono.shape[1] :]
         return torch.cat([mono, right], dim=0)
-
-
-@dataclasses.dataclass
-class _Render:
-    """Result of one sampling + decoding run."""
-
-    latents: torch.Tensor  # [1, T, M] on CPU, prefix included
-    audio: torch.Tensor  # [1, n] mono, starting at frame ``first_frame``
-    first_frame: int
-    seconds: float
-    ended_at: int | None = None  # frame where the model ended the song before ``max_frames`` (None: it did not)
-    dropped: int = 0  # end-of-song frames dropped while the end was held off
 
 
 def length_report(requested: float, delivered: float, ended_at: float | None = None, *,
@@ -286,7 +275,8 @@ class Studio:
         from dr2studio.lyrics.g2p import lyrics_phonemes
         from dr2studio.lyrics.vocab import STOP_ID, TAG_IDS
 
-        if isinstance(lyrics, str) and "\n" not in lyrics and lyrics.strip().lower().endswith(_LYRICS_EXTS):
+        if (isinstance(lyrics, str) and not isinstance(lyrics, PlainText) and "\n" not in lyrics
+                and lyrics.strip().lower().endswith(_LYRICS_EXTS)):  # PlainText: data only, never a path
             if not Path(lyrics.strip()).is_file():  # a file name, not words to sing
                 raise StudioError(f"lyrics file not found: {lyrics.strip()}")
             lyrics = Path(lyrics.strip())
@@ -343,7 +333,8 @@ class Studio:
         if isinstance(style, (str, os.PathLike)):
             path = Path(style)
             suffix = path.suffix.lower()
-            if suffix in _EMBEDDING_EXTS or suffix in _AUDIO_EXTS or isinstance(style, os.PathLike):
+            if not isinstance(style, PlainText) and (suffix in _EMBEDDING_EXTS or suffix in _AUDIO_EXTS
+                                                     or isinstance(style, os.PathLike)):
                 if not path.is_file():
                     raise StudioError(f"style file not found: {path}")
                 if suffix in _EMBEDDING_EXTS:
@@ -415,7 +406,9 @@ class Studio:
     def run(self, request: SongRequest, song: Song | None = None, *, progress: ProgressCallback | None = None,
             on_audio: AudioCallback | None = None, on_splice: Callable[[int], None] | None = None,
             lyrics: Any = None, style: Any = None) -> Song:
-        """Render one typed request: validate, resolve the conditions, then generate / extend / infill.
+        """Render one typed request, in the shape of a diffusers pipeline: validate → conditions →
+        song state → splice plan (:mod:`dr2studio.audio.splice`) → render (:mod:`dr2studio.render`) →
+        apply the plan → :class:`Song`. A generate has no song state and no plan.
 
         ``song`` is the song an extend or infill edits. ``lyrics`` / ``style`` as in :meth:`conditions`.
         ``on_audio`` streams a generate or an extend; ``on_splice`` reports an extend's splice sample.
@@ -429,9 +422,30 @@ class Studio:
             raise StudioError(f"the region must last at least one frame ({1 / self.frame_rate:g} s), "
                               f"got {request.end - request.start:g} s")
         cond = self.conditions(request, song, lyrics=lyrics, style=style)
-        if isinstance(request, ExtendRequest):
-            return self._extend(request, song, cond, progress, on_audio, on_splice)
-        return self._infill(request, song, cond, progress)
+        latents, encoded = self._song_state(song, progress, request.inversion_steps)
+        if isinstance(request, ExtendRequest):  # plan, then render and apply while decoding
+            plan = self.splice_plan(request, song, latents)
+            return self._extend(request, song, cond, latents, encoded, plan, progress, on_audio, on_splice)
+        infill_plan = self.splice_plan(request, song, latents)
+        return self._infill(request, song, cond, latents, encoded, infill_plan, progress)
+
+    @overload
+    def splice_plan(self, request: ExtendRequest, song: Song, latents: torch.Tensor) -> ExtendPlan: ...
+    @overload
+    def splice_plan(self, request: InfillRequest, song: Song, latents: torch.Tensor) -> InfillPlan: ...
+
+    def splice_plan(self, request: ExtendRequest | InfillRequest, song: Song, latents: torch.Tensor) -> SplicePlan:
+        """Every index of an edit of ``song`` (latents ``[1, T, M]``) at the song's own rate, before any
+        rendering: see :func:`~dr2studio.audio.splice.plan_extend` / :func:`~dr2studio.audio.splice.plan_infill`."""
+        n, sr, frames = song.audio.shape[1], song.sample_rate, latents.shape[1]
+        try:
+            if isinstance(request, ExtendRequest):
+                return plan_extend(n, sr, self.sample_rate, self.hop_length, frames, seconds=request.seconds,
+                                   crossfade=request.crossfade, level_window=LEVEL_WINDOW)
+            return plan_infill(n, sr, self.sample_rate, self.hop_length, frames, start=request.start,
+                               end=request.end, crossfade=request.crossfade, level_window=LEVEL_WINDOW)
+        except ValueError as exc:
+            raise StudioError(str(exc)) from None
 
     def _style_model(self) -> Any:
         """The model's own tag style encoder when its directory has one, else MuQ-MuLan (loaded lazily)."""
@@ -465,99 +479,22 @@ class Studio:
         on_audio: Callable[[torch.Tensor], None] | None = None,
         tempo: float | None = None,
         hold_end: bool = False,
-    ) -> _Render:
-        """Sample up to ``max_frames`` (prefix included) and decode the new frames block by block.
+    ) -> Rendered:
+        """:func:`dr2studio.render.render` with this studio's DiT and decoder: the sampler settings
+        checked (a bad value is a :class:`StudioError`) and the noise seeded from ``seed``.
+        ``stop_at_end=False`` or ``hold_end`` keep the model from ending the song early."""
+        from dr2studio.flow.sampler import EOP_THRESHOLD, SamplerSettings
 
-        Sampling and decoding interleave: the decoder pulls blocks from the sampler as it needs them,
-        so audio chunks come out while later blocks are still being sampled. The decoded audio starts
-        ``context_frames`` before the end of ``prefix``. ``tempo`` (bpm) drives the DiT's tempo
-        clock when it has one; frame 0 of the stream is beat 0.
-
-        ``hold_end``: the song may not end before ``max_frames``. End-of-song frames the model samples
-        on the way are dropped (not decoded, not kept) and more blocks are sampled in their place, up
-        to :data:`_HOLD_EXTRA_SECONDS` more; ``ended_at`` says where it fell short if even that ran out.
-        """
-        from dr2studio.flow.sampler import EOP_THRESHOLD, BlockSampler, SamplerSettings, eop_distance
-
-        prefix_len = 0 if prefix is None else prefix.shape[1]
-        budget = max_frames
-        if hold_end:
-            stop_at_end = False
-            budget = max_frames + min(max_frames - prefix_len, round(_HOLD_EXTRA_SECONDS * self.frame_rate)) + self.block_size
         try:
-            settings = SamplerSettings(
-                steps=int(steps), cfg_strength=float(cfg_strength), eop_threshold=EOP_THRESHOLD if stop_at_end else -1.0
-            )
+            settings = SamplerSettings(steps=int(steps), cfg_strength=float(cfg_strength),
+                                       eop_threshold=EOP_THRESHOLD if stop_at_end and not hold_end else -1.0)
             settings.validate()
         except (TypeError, ValueError) as exc:
             raise StudioError(str(exc)) from exc
-        generator = torch.Generator("cpu").manual_seed(seed)
-        dev = self.dit.device
-        beats_per_frame = None
-        if tempo is not None and self.dit.clock_embed is not None:
-            beats_per_frame = torch.tensor([tempo / 60.0 / self.frame_rate])
-            log.info("tempo clock at %g bpm", tempo)
-        sampler = BlockSampler(
-            self.dit,
-            tokens.reshape(1, -1).to(dev),
-            style.reshape(1, -1).to(dev),
-            budget,
-            settings,
-            prefix=None if prefix is None else prefix.to(dev),
-            generator=generator,
-            beats_per_frame=beats_per_frame,
-        )
-        first = prefix_len - context_frames
-        total = 2 * sampler.num_blocks
-        done = 0
-        kept: list[torch.Tensor] = [] if prefix is None else [prefix.to("cpu", torch.float32)]
-        have, dropped = prefix_len, 0
-
-        def report(stage: str) -> None:
-            nonlocal done, total
-            done += 1
-            total = max(total, done)
-            if progress is not None:
-                progress(done, total, stage)
-
-        def blocks() -> Iterator[torch.Tensor]:
-            nonlocal have, dropped
-            if context_frames:
-                yield prefix[:, first:prefix_len].to(dev)  # type: ignore[index]
-            for block in sampler.blocks():
-                report("sample")
-                if hold_end:
-                    music = eop_distance(block[0].float()) > _HOLD_EOP_DISTANCE
-                    dropped += int((~music).sum())
-                    block = block[:, music][:, : max_frames - have]
-                    if block.shape[1] == 0:
-                        continue
-                    kept.append(block.to("cpu", torch.float32))
-                    have += block.shape[1]
-                yield block
-                if hold_end and have >= max_frames:
-                    break
-
-        started = time.perf_counter()
-        chunks: list[torch.Tensor] = []
-        for audio in self.decoder.decode_stream(blocks()):
-            chunk = audio[0].to("cpu", torch.float32)  # [1, n]
-            chunks.append(chunk)
-            report("decode")
-            if on_audio is not None:
-                on_audio(chunk)
-        if progress is not None:
-            progress(total, total, "done")
-        if hold_end:
-            latents = torch.cat(kept, dim=1) if kept else torch.zeros(1, 0, int(self.dit.config.mel_dim))
-            if dropped:
-                log.info("held the end off: dropped %d end-of-song frames the model sampled", dropped)
-        else:
-            latents = sampler.latents.to("cpu", torch.float32)
-        audio = torch.cat(chunks, dim=1) if chunks else torch.zeros(1, 0)
-        ended_at = int(latents.shape[1]) if latents.shape[1] < max_frames else None
-        return _Render(latents=latents, audio=audio, first_frame=first, seconds=time.perf_counter() - started,
-                       ended_at=ended_at, dropped=dropped)
+        return render(self.dit, self.decoder, tokens, style, max_frames, settings,
+                      generator=torch.Generator("cpu").manual_seed(seed), prefix=prefix,
+                      context_frames=context_frames, hold_end=hold_end, tempo=tempo, progress=progress,
+                      on_audio=on_audio)
 
     # -- public operations ---------------------------------------------------------------------------
     def generate(
@@ -644,7 +581,7 @@ class Studio:
         if song.has_latents and song.latents.shape[-1] == mel:  # type: ignore[union-attr]
             if song.sample_rate == self.sample_rate or song.model == self.fingerprint:
                 if song.model and song.model != self.fingerprint:
-                    log.warning("song was made with model %s, continuing with %s", song.model, self.fingerprint)
+                    log.info("song was made with model %s, continuing with %s", song.model, self.fingerprint)
                 return song.latents.float(), {"method": "sidecar", "seconds": 0.0}  # type: ignore[union-attr]
             log.warning("the sidecar latents come from model %s at %d Hz, not this model (%s); encoding the audio",
                         song.model, song.sample_rate, self.fingerprint)
@@ -735,90 +672,54 @@ class Studio:
         return self.run(request, song, progress=progress, on_audio=on_audio, on_splice=on_splice, lyrics=lyrics,
                         style=style)
 
-    def _extend(self, request: ExtendRequest, song: Song, cond: Conditions, progress: ProgressCallback | None,
+    def _extend(self, request: ExtendRequest, song: Song, cond: Conditions, latents: torch.Tensor,
+                encoded: dict[str, Any], plan: ExtendPlan, progress: ProgressCallback | None,
                 on_audio: AudioCallback | None, on_splice: Callable[[int], None] | None) -> Song:
-        seconds, crossfade, match_level = request.seconds, request.crossfade, request.match_level
-        steps, cfg_strength = request.sampling.steps, request.sampling.cfg_strength
-        new_tokens, new_text, coverage, style_vec, tempo, seed = (cond.tokens, cond.text, cond.coverage, cond.style,
-                                                                  cond.tempo, cond.seed)
-        latents, encoded = self._song_state(song, progress, request.inversion_steps)
-        context = new_tokens
+        """Render the extension by ``plan`` and splice it into ``song`` while it is decoded."""
+        steps, cfg_strength, seed = request.sampling.steps, request.sampling.cfg_strength, cond.seed
+        context = cond.tokens
         if encoded["method"] == "sidecar" and song.tokens is not None and song.tokens.numel():
-            context = torch.cat([song.tokens.long().reshape(-1), new_tokens])
+            context = torch.cat([song.tokens.long().reshape(-1), cond.tokens])
+            top = int(self.dit.config.text_num_embeds)
+            if int(context.max()) > top:  # a sidecar from a model with a larger phoneme table
+                raise StudioError(f"the song's sidecar holds lyric token {int(context.max())}, beyond this model's "
+                                  f"text table (ids up to {top}); delete or rename the sidecar to continue from the audio")
         else:
             log.info("no lyric context for the existing audio; conditioning on the new lyrics only")
-        audio, sr, fps = song.audio.float(), song.sample_rate, self.frame_rate  # the producer's samples, at their rate
-        n_in = audio.shape[1]
-        prefix_len = min(latents.shape[1], math.floor(n_in * fps / sr + 1e-9))  # a last partial frame is dropped
-        if prefix_len < 1:
-            raise StudioError(f"the song is shorter than one latent frame ({1 / fps:g} s)")
-        latents = latents[:, :prefix_len]
-        joint = min(round(prefix_len * sr / fps), n_in)  # end of the old audio = start of the first new block
-        fade = min(round(crossfade * sr), joint)
-        at = joint - fade
-        ctx = min(prefix_len, math.ceil(fade * fps / sr) + _CONTEXT_FRAMES)
-        offset = round((prefix_len - ctx) * sr / fps)  # timeline sample of the first decoded sample
-        target = n_in + round(seconds * sr)  # the output's length: the input plus exactly ``seconds``
-        max_frames = max(prefix_len + 1, math.ceil(target * fps / sr))
-        window = round(LEVEL_WINDOW * sr)
-        to_rate = StreamResampler(self.sample_rate, sr)
+        audio, sr = song.audio.float(), song.sample_rate  # the producer's samples, at their rate
         channels = self._channel_stream(audio.shape[0], sr, bool(song.settings.get("stereo")))
-        level = LevelStream(audio[:, max(0, at - window) : at], joint, window, offset, enabled=match_level)
-        joined = SpliceStream(audio[:, at:joint], at, offset=offset)
-        pieces: list[torch.Tensor] = []
-        emitted = at
-
-        def deliver(chunk: torch.Tensor) -> None:
-            nonlocal emitted
-            if not chunk.shape[1]:
-                return
-            chunk = joined(chunk)[:, : target - emitted]
-            if chunk.shape[1]:
-                pieces.append(chunk)
-                emitted += chunk.shape[1]
-                if on_audio is not None:
-                    on_audio(chunk)
-
-        def sink(chunk: torch.Tensor) -> None:
-            deliver(level(channels(to_rate(chunk))))
-
+        joined = ExtendSplice(plan, audio, channels=channels, match_level=request.match_level, on_audio=on_audio)
         if on_splice is not None:
-            on_splice(at)
-        r = self._render(context, style_vec, max_frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                         prefix=latents, context_frames=ctx, progress=progress, on_audio=sink, tempo=tempo,
-                         hold_end=True)
-        deliver(level(channels(to_rate.flush())))
-        rest = level.flush()
-        if rest is not None:
-            deliver(rest)
-        if pieces:
-            out = torch.cat([audio[:, :at], *pieces], dim=1)
-        else:  # not even the crossfade's worth of new audio: the input, untouched
-            out = audio
-        added = r.latents.shape[1] - prefix_len
-        length = length_report(seconds, (out.shape[1] - n_in) / sr,
-                               None if r.ended_at is None else r.ended_at / fps, what="the extension", held=True)
+            on_splice(plan.splice)
+        r = self._render(context, cond.style, plan.max_frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
+                         prefix=latents[:, : plan.prefix_frames], context_frames=plan.context_frames,
+                         progress=progress, on_audio=joined, tempo=cond.tempo, hold_end=True)
+        out = joined.finish()
+        length = length_report(request.seconds, (out.shape[1] - plan.input_samples) / sr,
+                               None if r.ended_at is None else r.ended_at / plan.frame_rate, what="the extension",
+                               held=True)
         if length["ended_early"]:
             log.warning("%s", length["reason"])
         edit = Edit(
             kind="extend",
-            splice=at / sr,
-            crossfade=fade / sr,
-            prefix_frames=prefix_len,
-            new_frames=added,
-            seconds=seconds,
+            splice=plan.splice / sr,
+            crossfade=plan.fade / sr,
+            prefix_frames=plan.prefix_frames,
+            new_frames=r.latents.shape[1] - plan.prefix_frames,
+            seconds=request.seconds,
             added_seconds=length["delivered"],
             length=length,
             sample_rate=sr,
-            level_match_db=None if not match_level or level.gain is None else round(20 * math.log10(level.gain), 2),
+            level_match_db=(None if not request.match_level or joined.gain is None
+                            else round(20 * math.log10(joined.gain), 2)),
             end_frames_dropped=r.dropped,
-            lyrics=new_text,
+            lyrics=cond.text,
             seed=seed,
             latents_from=encoded,
-            lyrics_coverage=coverage.to_dict(),
+            lyrics_coverage=cond.coverage.to_dict(),
         )
-        return self._derived(song, out, r.latents, context, _join_lyrics(song.lyrics, new_text), style_vec, seed,
-                             steps, cfg_strength, edit, tempo)
+        return self._derived(song, out, r.latents, context, _join_lyrics(song.lyrics, cond.text), cond.style, seed,
+                             steps, cfg_strength, edit, cond.tempo)
 
     def infill(
         self,
@@ -855,52 +756,33 @@ class Studio:
                                 sampling=SamplingRequest(steps=steps, cfg_strength=cfg_strength, seed=seed))
         return self.run(request, song, progress=progress, lyrics=lyrics, style=style)
 
-    def _infill(self, request: InfillRequest, song: Song, cond: Conditions, progress: ProgressCallback | None) -> Song:
-        start, end, crossfade, match_level = request.start, request.end, request.crossfade, request.match_level
-        steps, cfg_strength = request.sampling.steps, request.sampling.cfg_strength
-        new_tokens, new_text, coverage, style_vec, tempo, seed = (cond.tokens, cond.text, cond.coverage, cond.style,
-                                                                  cond.tempo, cond.seed)
-        latents, encoded = self._song_state(song, progress, request.inversion_steps)
-        audio, sr, fps = song.audio.float(), song.sample_rate, self.frame_rate  # the producer's samples, at their rate
-        length = audio.shape[1]
-        st, et = round(start * sr), min(round(end * sr), length)
-        fade_in, fade_out = min(round(crossfade * sr), st), min(round(crossfade * sr), length - et)
-        first_new = min(math.floor(start * fps), latents.shape[1])
-        frames = max(first_new + 1, math.ceil((et + fade_out) * fps / sr) + 1)  # + 1: rounding at the song's rate
-        ctx = min(first_new, math.ceil(fade_in * fps / sr) + _CONTEXT_FRAMES)
-        prefix = latents[:, :first_new] if first_new > 0 else None
-        r = self._render(new_tokens, style_vec, frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
-                         prefix=prefix, context_frames=ctx, stop_at_end=False, progress=progress, tempo=tempo)
-        offset = round(r.first_frame * sr / fps)
-        new = self._channel_stream(audio.shape[0], sr, bool(song.settings.get("stereo")))(resample(r.audio, self.sample_rate, sr))
-        gain = 1.0
-        if match_level:
-            window = round(LEVEL_WINDOW * sr)
-            reference = audio[:, max(0, st - fade_in - window) : st - fade_in]
-            if reference.shape[1] < sr // 2:  # the range starts the song: match what it leads into
-                reference = audio[:, et + fade_out : et + fade_out + window]
-            gain = match_gain(reference, new[:, st - offset : st - offset + min(window, et - st)])
-            new = new * gain if gain != 1.0 else new
-        head = splice(audio[:, : et + fade_out], new, at=st - fade_in, fade=fade_in, offset=offset)
-        out = splice(head, audio, at=et, fade=fade_out)
-        keep = min(round(end * fps), r.latents.shape[1], latents.shape[1])
-        new_latents = torch.cat([r.latents[:, :keep], latents[:, keep:]], dim=1)
+    def _infill(self, request: InfillRequest, song: Song, cond: Conditions, latents: torch.Tensor,
+                encoded: dict[str, Any], plan: InfillPlan, progress: ProgressCallback | None) -> Song:
+        """Render the region by ``plan`` (the model may not end it early) and splice it into ``song``."""
+        steps, cfg_strength, seed = request.sampling.steps, request.sampling.cfg_strength, cond.seed
+        audio, sr = song.audio.float(), song.sample_rate  # the producer's samples, at their rate
+        prefix = latents[:, : plan.prefix_frames] if plan.prefix_frames > 0 else None
+        r = self._render(cond.tokens, cond.style, plan.max_frames, steps=steps, cfg_strength=cfg_strength, seed=seed,
+                         prefix=prefix, context_frames=plan.context_frames, stop_at_end=False, progress=progress,
+                         tempo=cond.tempo)
+        out, gain = apply_infill(plan, audio, r.audio, match_level=request.match_level,
+                                 channels=self._channel_stream(audio.shape[0], sr, bool(song.settings.get("stereo"))))
         edit = Edit(
             kind="infill",
-            start=start,
-            end=end,
-            crossfade_in=fade_in / sr,
-            crossfade_out=fade_out / sr,
+            start=request.start,
+            end=request.end,
+            crossfade_in=plan.fade_in / sr,
+            crossfade_out=plan.fade_out / sr,
             sample_rate=sr,
-            level_match_db=round(20 * math.log10(gain), 2) if match_level else None,
-            lyrics=new_text,
+            level_match_db=round(20 * math.log10(gain), 2) if request.match_level else None,
+            lyrics=cond.text,
             seed=seed,
             latents_from=encoded,
-            lyrics_coverage=coverage.to_dict(),
+            lyrics_coverage=cond.coverage.to_dict(),
         )
-        tokens = song.tokens if song.tokens is not None and encoded["method"] == "sidecar" else new_tokens
-        return self._derived(song, out, new_latents, tokens, song.lyrics or new_text, style_vec, seed,
-                             steps, cfg_strength, edit, tempo)
+        tokens = song.tokens if song.tokens is not None and encoded["method"] == "sidecar" else cond.tokens
+        return self._derived(song, out, infill_latents(plan, latents, r.latents), tokens, song.lyrics or cond.text,
+                             cond.style, seed, steps, cfg_strength, edit, cond.tempo)
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _derived(self, song: Song, audio: torch.Tensor, latents: torch.Tensor, tokens: torch.Tensor | None,

@@ -276,3 +276,146 @@ def test_virtual_port_or_clear_error(app):
         pytest.skip(f"no virtual MIDI ports on this machine: {exc}")
     else:
         port.close()
+
+
+# ----------------------------------------------------------------------- freezes and bounded memory
+# Real sockets: a stalled client is a TCP connection that stops reading.
+
+def _udp_ping(port: int) -> float:
+    """Seconds an OSC /dr2/ping over UDP takes to answer (the OSC side must not wait for MIDI)."""
+    import socket
+
+    from pythonosc.osc_message_builder import build_msg
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        t0 = time.monotonic()
+        s.sendto(build_msg("/dr2/ping", []).dgram, ("127.0.0.1", port))
+        while b"/dr2/pong" not in s.recv(65535):
+            pass
+        return time.monotonic() - t0
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture()
+def tight_midi(app):
+    """A second MIDI-over-TCP server on the same bridge with small limits, reached in seconds."""
+    from dr2studio.bridge.midi import MidiController, MidiTcpServer
+
+    controller = MidiController(app.bridge)
+    server = MidiTcpServer(controller, port=0, max_clients=3, send_stall_s=1.5, outbox_frames=64,
+                           outbox_bytes=128 * 1024, max_sysex=32768).start()
+    yield server
+    server.close()
+    controller.close()
+
+
+def test_stalled_midi_client_never_freezes_midi_or_osc(app, tight_midi):
+    import socket
+    import threading
+
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", tight_midi.port))
+    driver = socket.create_connection(("127.0.0.1", tight_midi.port), timeout=5)
+    received = [0]
+
+    def drain() -> None:  # the driving client reads everything it is sent
+        try:
+            while more := driver.recv(1 << 20):
+                received[0] += len(more)
+        except OSError:
+            pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert _wait_for(lambda: tight_midi.stats()["clients"] == 2, 5)
+        worst = 0.0
+        bad = bytes(mido.Message("program_change", channel=CONTROL_CHANNEL, program=99).bin())
+        for i in range(100):  # each bad program comes back as a ~250-byte error event to every client: 12 MB,
+            driver.sendall(bad * 500)  # paced so that the writers keep up and the stalled one's kernel buffer fills
+            worst = max(worst, _udp_ping(app.osc.udp_port))
+            if tight_midi.stats()["clients"] == 1:
+                break  # the stalled one was disconnected
+            time.sleep(0.1)
+        assert worst < 1.0
+        assert _wait_for(lambda: tight_midi.stats()["clients"] == 1, 10)  # the stalled one is gone
+        assert _wait_for(lambda: received[0] > 1_000_000, 10)  # the reading one is served (its small outbox may drop)
+        c = MidiClient(tight_midi.port)
+        try:
+            c.send(encode_sysex(CMD_TEMPO, "oops"))
+            end = time.monotonic() + 5
+            while "'oops'" not in c.until("/dr2/error", timeout=5)[1]:
+                assert time.monotonic() < end
+        finally:
+            c.close()
+    finally:
+        stalled.close()
+        driver.close()
+
+
+def test_unterminated_and_oversize_sysex_are_bounded(app, tight_midi, tmp_path):
+    from dr2studio.bridge.midi import MidiStream
+
+    # the parser alone: 10 MB of a SysEx that never ends keeps at most the limit
+    stream = MidiStream(limit=4096)
+    errors = stream.feed(b"\xf0\x7d\x01")
+    for _ in range(160):
+        errors += stream.feed(b"A" * 65536)
+        assert len(stream._sysex or b"") <= 4096
+    assert len(errors) == 1 and "4096-byte limit" in errors[0]  # reported once, not per chunk
+    # a status byte ends it; the message after it is parsed; real-time bytes inside pass through
+    out = stream.feed(b"\xf8\x90\x3c\x40" + b"\xf0\x7d\x04MTIw\xf8\xf7")
+    assert [m.type for m in out if not isinstance(m, str)] == ["clock", "note_on", "clock", "sysex"]
+    assert any(isinstance(m, str) and "without its F7" in m for m in stream.feed(b"\xf0\x7dxx\x80\x3c\x00"))
+
+    # over the wire: the bridge answers, drops the SysEx and keeps serving the client
+    project = tmp_path / "proj"
+    project.mkdir()
+    c = MidiClient(tight_midi.port)
+    try:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", tight_midi.port)) as raw:
+            raw.sendall(b"\xf0\x7d\x04" + b"A" * 200_000)  # no F7
+            assert "32768-byte limit" in c.until("/dr2/error", timeout=5)[1]
+            raw.sendall(b"\xf7")  # the end of the oversize one
+            c.send(encode_sysex(CMD_OPEN, f"{project}\ngeneric"))
+            raw.sendall(bytes(encode_sysex(CMD_TEMPO, "93").bin()))
+            assert _wait_for(lambda: app.bridge.session is not None and app.bridge.session.bpm == 93.0, 5)
+        assert _udp_ping(app.osc.udp_port) < 1.0
+    finally:
+        c.close()
+
+
+def test_midi_clients_are_capped(tight_midi):
+    import socket
+
+    clients = [MidiClient(tight_midi.port) for _ in range(3)]
+    try:
+        assert _wait_for(lambda: tight_midi.stats()["clients"] == 3, 5)
+        with socket.create_connection(("127.0.0.1", tight_midi.port), timeout=5) as extra:
+            data = b""
+            while True:
+                more = extra.recv(65536)
+                if not more:
+                    break
+                data += more
+        event = decode_event(mido.Message.from_bytes(list(data)))
+        assert event == ("/dr2/error", ["midi:connection", "too many MIDI TCP clients (limit 3)"])
+        clients.pop().close()
+        assert _wait_for(lambda: tight_midi.stats()["clients"] == 2, 5)
+        clients.append(MidiClient(tight_midi.port))  # a free slot is usable again
+        assert _wait_for(lambda: tight_midi.stats()["clients"] == 3, 5)
+    finally:
+        for c in clients:
+            c.close()

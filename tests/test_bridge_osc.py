@@ -507,3 +507,276 @@ def test_the_daw_tempo_reaches_the_style_prompt(tmp_path):
     assert session.style_prompt() == "pop, A minor, piano, 97.5 bpm"
     session.style = "ballad, 70 BPM, piano"  # the text's own tempo wins over the project's
     assert session.style_prompt() == "ballad, 70 BPM, piano"
+
+
+# ----------------------------------------------------------------------- freezes and bounded memory
+# A stalled client is a real socket that stops reading; every test bounds its own waits to seconds.
+
+def _length_frame(address: str, *args) -> bytes:
+    data = build_msg(address, list(args)).dgram
+    return struct.pack("!I", len(data)) + data
+
+
+def _read_frames(sock: socket.socket, timeout: float) -> list[OscMessage]:
+    """Length-prefixed OSC messages read from ``sock`` until it is quiet for ``timeout`` seconds."""
+    sock.settimeout(timeout)
+    buf = b""
+    out = []
+    try:
+        while True:
+            more = sock.recv(65536)
+            if not more:
+                break
+            buf += more
+            while len(buf) >= 4 and len(buf) >= 4 + struct.unpack("!I", buf[:4])[0]:
+                n = struct.unpack("!I", buf[:4])[0]
+                out.append(OscMessage(buf[4:4 + n]))
+                buf = buf[4 + n:]
+    except (socket.timeout, ConnectionError):
+        pass
+    return out
+
+
+def _stalled_socket(port: int) -> socket.socket:
+    """A TCP client with a tiny receive buffer that will never read."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """True when the server ends the connection within ``timeout`` (data before the end is drained)."""
+    end = time.monotonic() + timeout
+    sock.settimeout(0.2)
+    while time.monotonic() < end:
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except socket.timeout:
+            continue
+        except ConnectionError:
+            return True
+    return False
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _ping_time(c: UdpClient) -> float:
+    t0 = time.monotonic()
+    c.send("/dr2/ping")
+    c.until("/dr2/pong", timeout=5)
+    return time.monotonic() - t0
+
+
+@pytest.fixture()
+def make_osc(app):
+    """Second OSC front ends on the same bridge with small limits, so limits are reached in seconds."""
+    from dr2studio.bridge.osc import OscServer
+
+    servers = []
+
+    def make(**limits):
+        kw = dict(max_tcp_connections=3, idle_timeout=1.5, send_stall_s=1.5, outbox_frames=64, outbox_bytes=256 * 1024)
+        servers.append(OscServer(app.bridge, port=0, **{**kw, **limits}).start())
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture()
+def tight_osc(make_osc):
+    return make_osc()
+
+
+def test_stalled_tcp_subscriber_never_blocks_udp_or_other_clients(make_osc, project):
+    tight_osc = make_osc(idle_timeout=30.0)
+    stalled = _stalled_socket(tight_osc.tcp_port)
+    stalled.sendall(_length_frame("/dr2/subscribe"))
+    healthy = socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5)
+    healthy.sendall(_length_frame("/dr2/subscribe"))
+    c = UdpClient(tight_osc.udp_port)
+    try:
+        c.send("/dr2/session/open", str(project), "generic")
+        c.until("/dr2/ack", "/dr2/session/open", timeout=5)
+        for n in range(6):  # a ~190 KB state (each é is written \u00e9)
+            c.send("/dr2/lyrics/set", f"v{n}", ("éé " * 1000 + "\n") * 2 + "é" * 1000)
+            c.until("/dr2/ack", "/dr2/lyrics/set", timeout=5)
+        _read_frames(healthy, 0.2)
+        assert tight_osc.stats()["subscribers"] == 2
+        # each state poll goes to the sender (as an error: too large for UDP) and to every subscriber
+        worst = 0.0
+        for i in range(100):
+            c.send("/dr2/session/state")
+            c.until("/dr2/error", "/dr2/session/state", timeout=5)
+            time.sleep(0.02)  # paced: the writers keep up, so the stalled one's kernel buffer fills
+            if i % 5 == 0:
+                worst = max(worst, _ping_time(c))
+        assert worst < 1.0
+        received = _read_frames(healthy, 0.5)
+        assert any(m.address == "/dr2/session/state" for m in received)  # the healthy one is still served
+        # dropped, then disconnected after the 1.5 s stall limit (reading here would un-stall it)
+        assert _wait_for(lambda: tight_osc.stats()["subscribers"] == 1, 10)
+        assert tight_osc.stats()["tcp_connections"] == 1 and _closed_by_peer(stalled, 5)
+        assert _ping_time(c) < 1.0
+    finally:
+        for s in (stalled, healthy):
+            s.close()
+        c.close()
+
+
+def test_tcp_stalled_requester_gets_its_replies_dropped_not_the_server_frozen(tight_osc):
+    """Variant: the stalled client is the one asking (pings over TCP, never reading the pongs)."""
+    stalled = _stalled_socket(tight_osc.tcp_port)
+    c = UdpClient(tight_osc.udp_port)
+    try:
+        stalled.setblocking(False)
+        stream = _length_frame("/dr2/unknown/" + "y" * 30_000) * 200  # 6 MB of requests, ~6 MB of errors back
+        sent = 0
+        end = time.monotonic() + 3
+        while time.monotonic() < end and sent < len(stream):
+            try:
+                sent += stalled.send(stream[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert _ping_time(c) < 1.0
+        assert _wait_for(lambda: tight_osc.stats()["tcp_connections"] == 0, 10)
+        assert _closed_by_peer(stalled, 5)
+    finally:
+        stalled.close()
+        c.close()
+
+
+def test_tcp_connections_are_capped_and_idle_ones_closed(tight_osc):
+    before = threading.active_count()
+    conns = [socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5) for _ in range(3)]
+    try:
+        for s in conns:
+            s.sendall(_length_frame("/dr2/ping"))
+            assert _read_frames(s, 0.3)[0].address == "/dr2/pong"
+        extra = socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5)
+        extra.sendall(_length_frame("/dr2/ping"))
+        (refusal,) = _read_frames(extra, 1.0)
+        assert refusal.address == "/dr2/error" and refusal.params[0] == "<connection>"
+        assert "too many OSC TCP connections (limit 3)" in refusal.params[1]
+        extra.close()
+        # idle: nothing sent or received for 1.5 s closes each of them, threads included
+        for s in conns:
+            assert _closed_by_peer(s, 5)
+        # slowloris variants: a connection that never sends, and one that stops inside a frame
+        silent = socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5)
+        partial = socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5)
+        partial.sendall(struct.pack("!I", 100) + b"/dr2")
+        assert _closed_by_peer(silent, 5) and _closed_by_peer(partial, 5)
+        silent.close()
+        partial.close()
+        end = time.monotonic() + 5
+        while (tight_osc.stats()["tcp_connections"] or threading.active_count() > before) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert tight_osc.stats()["tcp_connections"] == 0 and threading.active_count() <= before
+    finally:
+        for s in conns:
+            s.close()
+
+
+def test_state_larger_than_a_datagram_gets_an_error_that_points_to_tcp(client, project, app):
+    client.send("/dr2/session/open", str(project), "generic")
+    client.until("/dr2/ack", "/dr2/session/open")
+    with socket.create_connection(("127.0.0.1", app.osc.tcp_port), timeout=5) as tcp:
+        for n in range(6):  # 6 x 7000 characters, each written as \u00e9 in the JSON: ~250 KB
+            tcp.sendall(_length_frame("/dr2/lyrics/set", f"v{n}", ("éé " * 1000 + "\n") * 2 + "é" * 1000))
+        tcp.sendall(_length_frame("/dr2/ping"))
+        replies = _read_frames(tcp, 1.0)
+        assert [m.address for m in replies] == ["/dr2/ack"] * 6 + ["/dr2/pong"]
+        client.send("/dr2/session/state")
+        args = client.until("/dr2/error", "/dr2/session/state", timeout=5)
+        assert "more than one UDP datagram holds" in args[1] and f"over TCP (port {app.osc.tcp_port})" in args[1]
+        tcp.sendall(_length_frame("/dr2/session/state"))
+        state = next(m for m in _read_frames(tcp, 1.0) if m.address == "/dr2/session/state")
+        assert len(json.loads(state.params[0])["lyrics"]) == 6
+    client.send("/dr2/ping")
+    assert client.until("/dr2/pong", timeout=5)
+
+
+def _raw_message(address: str, tags: str, payload: bytes) -> bytes:
+    def pad(b: bytes) -> bytes:
+        return b + b"\x00" * (4 - len(b) % 4)
+
+    return pad(address.encode()) + pad(("," + tags).encode()) + payload
+
+
+@pytest.mark.parametrize("tags,payload,name", [
+    ("c", struct.pack(">i", ord("a")), "'c' (char)"),
+    ("S", b"pop\x00", "'S' (symbol)"),
+    ("I", b"", "'I' (Infinitum (impulse))"),
+    ("sX", b"pop\x00", "'X' (not an OSC 1.0/1.1 type)"),
+])
+def test_unreadable_osc_types_are_named(client, tags, payload, name):
+    client.raw(_raw_message("/dr2/song/style", tags, payload))
+    args = client.until("/dr2/error", "/dr2/song/style", timeout=5)
+    assert name in args[1] and f"argument {len(tags)}" in args[1]
+    # inside a bundle, and over TCP
+    bundle = OscBundleBuilder(IMMEDIATELY)
+    bundle.add_content(OscMessage(_raw_message("/dr2/song/tempo", tags, payload)))
+    client.raw(bundle.build().dgram)
+    assert name in client.until("/dr2/error", "/dr2/song/tempo", timeout=5)[1]
+    client.send("/dr2/ping")
+    assert client.until("/dr2/pong", timeout=5)
+
+
+def test_bundles_nested_too_deep_are_refused(client):
+    inner = build_msg("/dr2/ping", []).dgram
+    for _ in range(12):
+        inner = b"#bundle\x00" + struct.pack(">Q", 1) + struct.pack(">i", len(inner)) + inner
+    client.raw(inner)
+    assert "nested more than 8 deep" in client.until("/dr2/error", "<packet>", timeout=5)[1]
+
+
+def test_address_patterns_are_refused_quickly(client, app):
+    """OSC address patterns are not expanded: no regular expression is built from client text (a
+    backtracking and cache-growth hazard) and one message cannot fire every command."""
+    for pattern in ("/dr2/*", "/dr2/session/{open,close}", "/dr2/" + "*a" * 40 + "b", "/dr2/[!a-z]ing"):
+        t0 = time.monotonic()
+        client.send(pattern)
+        args = client.until("/dr2/error", pattern, timeout=5)
+        assert "address patterns" in args[1] and time.monotonic() - t0 < 1.0
+    long_address = "/dr2/nope/" + "x" * 20_000
+    client.send(long_address)
+    args = client.until("/dr2/error", timeout=5)
+    assert args[0].startswith("/dr2/nope/x") and "(20010 characters)" in args[0] and len(args[1]) < 2000
+    client.send("/dr2/ping")
+    assert client.until("/dr2/pong", timeout=5)
+
+
+def test_a_tcp_client_that_pings_is_not_idle(tight_osc):
+    with socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5) as s:
+        s.sendall(_length_frame("/dr2/subscribe"))
+        for _ in range(6):  # 3 s, twice the idle limit
+            time.sleep(0.5)
+            s.sendall(_length_frame("/dr2/ping"))
+            assert any(m.address == "/dr2/pong" for m in _read_frames(s, 0.1))
+        assert tight_osc.stats()["tcp_connections"] == 1
+
+
+def test_a_connection_flood_is_refused_without_threads_and_the_count_recovers(tight_osc):
+    """Variant: far more connections than the cap at once (limit 3): past twice the cap they are closed
+    at accept, without a thread; once they are gone, new clients are served again."""
+    before = threading.active_count()
+    socks = [socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5) for _ in range(30)]
+    time.sleep(0.3)
+    assert threading.active_count() <= before + 2 * 3 + 3  # handler threads bounded, outboxes included
+    for s in socks:
+        s.close()
+    assert _wait_for(lambda: tight_osc._tcp.active == 0, 5)
+    with socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5) as s:
+        s.sendall(_length_frame("/dr2/ping"))
+        assert _read_frames(s, 0.3)[0].address == "/dr2/pong"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,81 @@ def test_extend_without_sidecar_says_how_it_encodes(work: Path, session: dict) -
     longer, _ = read_audio(out)
     splice = round(result["splice"] * SR)
     assert torch.equal(longer[:, :splice], audio[:, :splice])
+
+
+# -- issue 18: a read-only output folder and a folder given as lyrics, named up front -----------------------
+
+def test_lyrics_path_that_is_a_folder_is_named_as_such(work: Path) -> None:
+    folder = work / "lyrics-folder.lrc"
+    folder.mkdir(exist_ok=True)
+    out = work / "from-folder.wav"
+    base = ["--model", work / "model", "--style-embedding", work / "style.npy", *FAST, "-o", out]
+    assert_one_line_error(run("generate", "--lyrics", folder, "--duration", "2", *base, ok=False),
+                          f"{folder} is a folder, not a lyrics file")
+    assert_one_line_error(run("extend", work / "song.lrc", "--lyrics", folder, *base, ok=False), "cannot read audio")
+    plain = work / "for-lyrics-folder.wav"
+    sf.write(plain, np.zeros(SR, dtype=np.float32), SR)
+    assert_one_line_error(run("extend", plain, "--lyrics", folder, *base, ok=False),
+                          "is a folder, not a lyrics file")
+    assert_one_line_error(run("infill", plain, "--start", "0.2", "--end", "0.5", "--lyrics", folder, *base, ok=False),
+                          "is a folder, not a lyrics file")
+    assert not out.exists()
+
+
+def _unprivileged() -> list[str]:
+    """Run as ``nobody`` under root (root writes into read-only folders); as is otherwise."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv")
+    return [shutil.which("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def readonly_out() -> "Iterator[Path]":
+    """An open folder holding lyrics, a style, a song, and a read-only ``out`` folder."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dr2-cli-ro-"))
+    folder.chmod(0o755)
+    (folder / "song.lrc").write_text("[verse]\nhello world\n", encoding="utf-8")
+    np.save(folder / "style.npy", np.random.default_rng(0).standard_normal(512).astype(np.float32))
+    sf.write(folder / "song.wav", np.zeros(SR, dtype=np.float32), SR)
+    (folder / "home").mkdir(mode=0o777)
+    (folder / "home").chmod(0o777)
+    (folder / "out").mkdir()
+    (folder / "out").chmod(0o555)
+    for p in folder.iterdir():
+        if p.is_file():
+            p.chmod(0o644)
+    yield folder
+    (folder / "out").chmod(0o755)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", ["generate", "extend", "infill"])
+def test_read_only_output_folder_fails_before_the_model_loads(readonly_out: Path, command: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    d = readonly_out
+    lead = {"generate": ["generate", "--duration", "2"], "extend": ["extend", d / "song.wav"],
+            "infill": ["infill", d / "song.wav", "--start", "0.2", "--end", "0.5"]}[command]
+    # a model folder that does not exist: had the model been loaded first, the error would be about it
+    args = [*lead, "--model", d / "no-model", "--lyrics", d / "song.lrc", "--style-embedding", d / "style.npy",
+            *FAST, "-o", d / "out" / "take.wav"]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HOME": str(d / "home"), "XDG_CACHE_HOME": str(d / "home" / "c")}
+    cmd = [*_unprivileged(), sys.executable, "-c", "from dr2studio.cli import run; run()", *map(str, args)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.stderr
+    assert f"output folder {d / 'out'} is not writable: it is read-only" in errors[0], errors[0]
+    assert "loading model" not in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
+    assert list((d / "out").iterdir()) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dr2studio"
 # Modules that belong to an extra: what they import may come from that extra.
-EXTRA_MODULES = ("bridge/", "serve.py", "engine/", "commands/serve.py", "commands/bridge.py", "style/muq.py",
+EXTRA_MODULES = ("bridge/", "serve.py", "serve_proxy.py", "engine/", "commands/serve.py", "commands/bridge.py", "style/muq.py",
                  "checkpoints.py", "hub.py", "data/", "lab/testing.py")
 
 

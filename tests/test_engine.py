@@ -429,3 +429,149 @@ def test_engine_refuses_with_the_request_layer_message(tiny_engine, tiny_model):
     with pytest.raises(JobError, match="past the end of the song") as info:
         tiny_engine.submit(JobRequest(kind="infill", lyrics="[verse]\nx", start=1.0, end=9.0, steps=2), song=song)
     assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+# ------------------------------------------------------------------ issue 18: data only, bounded archives
+
+def test_job_lyrics_and_style_are_data_never_server_files(tiny_engine, tmp_path):
+    """A job's lyrics naming a server .lrc are sung as text, not read; a style naming a .npy is a text
+    prompt, not loaded; and an existing and a missing file give the same answer (no existence oracle)."""
+    import importlib.util
+
+    from dr2studio.engine import JobError
+    from dr2studio.requests import PlainText
+    from dr2studio.style.embedding import save_style_embedding
+
+    secret = tmp_path / "secret.lrc"
+    secret.write_text("[verse]\nmarmalade zeppelin\n", encoding="utf-8")
+    songs = {}
+    for name in ("secret.lrc", "missing.lrc"):
+        req = JobRequest(kind="generate", lyrics=str(tmp_path / name), duration=1.0, steps=2, seed=7)
+        songs[name] = tiny_engine.submit(req).wait(120)
+    assert "marmalade" not in (songs["secret.lrc"].lyrics or "")
+    assert str(tmp_path) in songs["secret.lrc"].lyrics  # the text itself was the lyric
+    assert songs["secret.lrc"].lyrics.replace("secret", "missing") == songs["missing.lrc"].lyrics
+
+    # Studio's own data-only entry: PlainText is never a path, whatever it ends with
+    studio = tiny_engine.studio
+    _, text, _ = studio.lyrics_condition(PlainText(str(secret)))
+    assert "marmalade" not in text
+    npy = save_style_embedding(torch.ones(512), tmp_path / "style.npy")
+    if importlib.util.find_spec("muq") is None:  # the text prompt goes to the (absent) text encoder, never to the file
+        answers = []
+        for path in (npy, tmp_path / "nothing.npy", tmp_path / "ref.wav"):
+            job = tiny_engine.submit(JobRequest(kind="generate", lyrics="[verse]\nhi", duration=1.0, steps=2,
+                                                style=str(path)))
+            with pytest.raises(JobError) as info:
+                job.wait(120)
+            answers.append(str(info.value).replace(str(path), "<style>").replace(job.id, "<job>"))
+        assert "not found" not in answers[0] and len(set(answers)) == 1, answers
+
+
+def _bomb(path, inflated: int, *, name: str = "song.wav") -> bytes:
+    """A deflated zip member of ``inflated`` zero bytes, written in chunks (the test never holds it inflated)."""
+    import zipfile
+
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open(info, "w", force_zip64=inflated >= 1 << 31) as out:
+            chunk = bytes(1 << 20)
+            for _ in range(inflated >> 20):
+                out.write(chunk)
+    return path.read_bytes()
+
+
+def test_song_archive_inflation_is_bounded(tmp_path):
+    """A 500 MiB zip bomb is refused on its declared size; a member that lies about its size, too many
+    members and unreadable audio are refused with their code, fast and without inflating."""
+    import io
+    import resource
+    import struct
+    import time
+    import zipfile
+
+    from dr2studio.engine import ErrorCode, JobError, song_from_bytes
+
+    blob = _bomb(tmp_path / "bomb.zip", 500 << 20)
+    assert len(blob) < 600 * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    with pytest.raises(JobError, match="inflate") as info:
+        song_from_bytes(blob)
+    assert info.value.code is ErrorCode.TOO_LARGE and time.monotonic() - start < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 64 * 1024  # KiB: nothing inflated
+
+    # a member whose headers declare 1000 bytes but that inflates to 64 MiB stops at its declared size
+    small = _bomb(tmp_path / "liar.zip", 64 << 20)
+    lied = bytearray(small)
+    cd = small.rfind(b"PK\x01\x02")
+    assert struct.unpack_from("<I", small, cd + 24)[0] == 64 << 20
+    struct.pack_into("<I", lied, cd + 24, 1000)  # the central directory's uncompressed size
+    with pytest.raises(JobError) as info:
+        song_from_bytes(bytes(lied), max_bytes=8 << 20)
+    assert info.value.code in (ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE)
+
+    # the cap holds while streaming even when the declared size is within it
+    with pytest.raises(JobError, match="inflate") as info:
+        song_from_bytes(small, max_bytes=32 << 20)
+    assert info.value.code is ErrorCode.TOO_LARGE
+
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as zf:
+        for i in range(20):
+            zf.writestr(f"m{i}", b"x")
+        zf.writestr("song.wav", b"x")
+    with pytest.raises(JobError, match="members") as info:
+        song_from_bytes(many.getvalue())
+    assert info.value.code is ErrorCode.TOO_LARGE
+
+    garbage = io.BytesIO()
+    with zipfile.ZipFile(garbage, "w") as zf:
+        zf.writestr("song.wav", b"RIFF not really a wave file")
+    with pytest.raises(JobError, match="not a readable song") as info:
+        song_from_bytes(garbage.getvalue())
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"request": {"kind": "generate", "lyrics": "[verse]\nhi", "duration": "5"}}, "duration"),
+    ({"request": {"kind": "generate", "lyrics": 5, "duration": 5}}, "lyrics"),
+    ({"request": {"kind": "generate", "lyrics": "[verse]\nhi", "duration": 5, "steps": "many"}}, "steps"),
+    ({"request": {"kind": "generate", "lyrics": "[verse]\nhi", "duration": 5, "style": {"a": 1}}}, "style"),
+    ({"request": {"kind": "generate", "lyrics": "[verse]\nhi", "duration": 5, "style_embedding": "x"}},
+     "style_embedding"),
+    ({"request": {"kind": "generate", "lyrics": "[verse]\nhi", "duration": 5, "seed": 1.5}}, "seed"),
+    ({"request": {"kind": "generate", "lyrics": "[verse]\nhi", "duration": 5, "instrumental": "yes"}}, "instrumental"),
+    ({"request": {"kind": ["generate"], "lyrics": "x", "duration": 5}}, "kind"),
+    ({"request": {"kind": "extend", "lyrics": "x"}, "song": 5}, "song"),
+    ({"request": []}, "request"),
+    ({"request": {"kind": "generate", "lyrics": "x" * (10 << 20), "duration": 5}}, "lyrics"),
+])
+def test_wrong_types_are_bad_requests_naming_the_field(payload, field):
+    from dr2studio.engine import ErrorCode, JobError, parse_payload
+
+    with pytest.raises(JobError) as info:
+        parse_payload(payload)
+    assert info.value.code is ErrorCode.BAD_REQUEST and field in str(info.value)
+
+
+def test_finished_jobs_keep_only_the_newest_results_in_memory() -> None:
+    """A long session's finished jobs must not hold every song: ids stay idempotent, old songs are dropped."""
+    from dr2studio.engine import ErrorCode, JobError, JobQueue
+
+    q = JobQueue(lambda job, ctx: np.zeros(1000, dtype=np.float32), workers=1, max_pending=64, keep_results=3)
+    jobs = [q.submit({"n": i}, job_id=f"j{i}", on_event=lambda event: None) for i in range(10)]  # a listener each
+    kept = q.submit({"n": -1}, job_id="nobody-listens")
+    for job in [*jobs, kept]:
+        job.join(5)
+    q.submit({"n": 10}, job_id="j10").join(5)  # a submit trims: of the 10 finished, the newest 3 keep their songs
+    released = [job for job in jobs if job.result is None]
+    assert released == jobs[:7]
+    with pytest.raises(JobError) as err:
+        jobs[0].wait(1)
+    assert err.value.code == ErrorCode.NOT_FOUND and "no longer kept" in str(err.value)
+    assert q.submit({"n": 0}, job_id="j0") is jobs[0]  # the id still answers with the same job
+    assert jobs[9].wait(1).shape == (1000,)
+    assert kept.wait(1).shape == (1000,)  # a song nobody has received is never dropped
+    q.close()

@@ -101,3 +101,28 @@ def test_files_utf8_utf16_and_undecodable(tmp_path):
         parse_lyrics_file(bad)
     with pytest.raises(LyricsError, match="file not found"):
         parse_lyrics_file(tmp_path / "missing.lrc")
+
+
+def test_tag_spellings_read_as_before_the_linear_pattern():
+    """The structure-tag pattern was rewritten without backtracking (issue 18); these spellings still read."""
+    text = "\n".join(["[Verse_1: Ann]", "a", "[chorus - 2]", "b", "[ BRIDGE 3 ]", "c", "[verse-2]", "d",
+                      "[00:01.00][outro]", "e", "[Instrumental]", "[chorus_]", "f"])
+    with pytest.raises(LyricsError, match=r":12: unknown bracketed tag '\[chorus_\]'"):
+        parse_lyrics(text)
+    doc = parse_lyrics(text.replace("[chorus_]", "[chorus]"))
+    assert [s.label for s in doc] == ["verse 1", "chorus 1", "bridge 1", "verse 2", "outro 1", "inst 1", "chorus 2"]
+    assert doc.find("outro").start_time == 1.0
+
+
+def test_many_time_stamps_on_one_line_are_all_kept():
+    line = "".join(f"[00:{i % 60:02d}.00]" for i in range(2000)) + "la"
+    doc = parse_lyrics(line)
+    assert doc.lines == ["la"] and len(doc.sections[0].times[0]) == 2000
+
+
+def test_long_unknown_tag_error_is_short(tmp_path):
+    path = tmp_path / "long.lrc"
+    path.write_text("[verse]\n[" + "x" * 50000 + "]\n", encoding="utf-8")
+    with pytest.raises(LyricsError) as err:
+        parse_lyrics_file(path)
+    assert str(err.value).startswith(f"{path}:2: unknown bracketed tag '[xxx") and len(str(err.value)) < 400

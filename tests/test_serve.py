@@ -3,6 +3,8 @@ and the OSC bridge running against it (ServeEngine)."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
 import time
 import urllib.request
@@ -13,6 +15,7 @@ import soundfile as sf
 import torch
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+log = logging.getLogger(__name__)
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -34,12 +37,20 @@ def served(tmp_path_factory):
     model = build_tiny_model(root / "model")
     style = save_style_embedding(torch.randn(512, generator=torch.Generator().manual_seed(3)), root / "style.npy")
     port = _free_port()
+    # the proxy's body limit (dr2studio.serve_proxy), as `dr2studio serve` installs it, at the test's 12 MiB
+    saved = {k: os.environ.get(k) for k in ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "DR2STUDIO_MAX_BODY_BYTES")}
+    os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = "dr2studio.serve_proxy.proxy_middlewares"
+    os.environ["DR2STUDIO_MAX_BODY_BYTES"] = str(12 << 20)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        handle = serve.run(build_app({"model": str(model), "num_cpus": 0.5, "style_embedding": str(style), "max_pending": 2}),
+        # small body and song limits (the defaults are hundreds of MB) so the limit tests stay quick
+        handle = serve.run(build_app({"model": str(model), "num_cpus": 0.5, "style_embedding": str(style), "max_pending": 2,
+                                      "max_body_bytes": 12 << 20, "max_song_bytes": 8 << 20}),
                            name="dr2studio", route_prefix="/")
-        yield {"url": f"http://127.0.0.1:{port}", "handle": handle}
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "handle": handle, "root": root, "style": style}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -127,7 +138,7 @@ def test_error_codes_pick_the_http_status(served):
     assert events == [{"type": "error", "message": "job kind 'remix' is not one of generate, extend, infill",
                        "code": "bad_request"}]
 
-    # the codes a test cannot cheaply provoke over HTTP (a full queue waits in Serve's own admission first)
+    # the codes a test cannot cheaply provoke over HTTP (a full replica: test_full_replica_answers_503_busy...)
     assert refusal(QueueFull("3 jobs are already waiting")).status_code == 503
     assert refusal(JobError("project folder is outside the allowed roots", ErrorCode.FORBIDDEN)).status_code == 403
     assert refusal(JobError("outside", ErrorCode.BAD_REQUEST)).status_code == 400  # the code decides, not the words
@@ -190,3 +201,294 @@ def test_bridge_against_serve(served, tmp_path):
     finally:
         sock.close()
         app.close()
+
+
+# ------------------------------------------------------------------------- issue 18: Serve on a network
+
+def _post(served, payload, timeout: float = 60) -> tuple[int, dict]:
+    """POST /v1/jobs and read the whole reply: (status, refusal body) or (200, the last stream event)."""
+    body = payload if isinstance(payload, (bytes, bytearray)) else json.dumps(payload).encode()
+    req = urllib.request.Request(f"{served['url']}/v1/jobs", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            lines = [json.loads(line) for line in resp if line.strip()]
+            return resp.status, lines[-1]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read().decode())
+
+
+def _health(served, timeout: float = 1.0) -> tuple[dict, float]:
+    start = time.monotonic()
+    with urllib.request.urlopen(f"{served['url']}/v1/health", timeout=timeout) as resp:
+        return json.loads(resp.read()), time.monotonic() - start
+
+
+def _song_of(event: dict):
+    import base64
+
+    from dr2studio.engine import song_from_bytes
+
+    assert event["type"] == "result", event
+    return song_from_bytes(base64.b64decode(event["song"]))
+
+
+def test_lyrics_and_style_are_data_not_server_files(served):
+    """Issue 18: a ``lyrics`` naming a server .lrc is sung as text (its content never comes back), a
+    ``style`` naming a server .npy or audio file is a text prompt (never loaded), and an existing and a
+    missing file get the same answer: no oracle for what exists on the server."""
+    import importlib.util
+
+    secret = served["root"] / "secret.lrc"
+    secret.write_text("[verse]\nmarmalade zeppelin\n", encoding="utf-8")
+    (served["root"] / "notes.txt").write_text("[chorus]\nquartz jukebox\n", encoding="utf-8")
+    answers = {}
+    for name in ("secret.lrc", "notes.txt", "missing.lrc"):
+        status, event = _post(served, {"request": {"kind": "generate", "lyrics": str(served["root"] / name),
+                                                   "duration": 1.0, "steps": 2, "seed": 3}})
+        assert status == 200, event
+        song = _song_of(event)
+        assert "marmalade" not in song.lyrics and "quartz" not in song.lyrics
+        answers[name] = song.lyrics.replace(name, "<file>")
+    assert answers["secret.lrc"] == answers["missing.lrc"]
+    if importlib.util.find_spec("muq") is None:  # a text prompt needs the (absent) text encoder: the same error for all
+        replies = []
+        for path in (served["style"], served["root"] / "nothing.npy", served["root"] / "model" / "ref.wav"):
+            status, event = _post(served, {"request": {"kind": "generate", "lyrics": "[verse]\nhi", "duration": 1.0,
+                                                       "steps": 2, "style": str(path)}})
+            assert status == 200 and event["type"] == "error", event
+            replies.append(event["message"].replace(str(path), "<style>"))
+        assert "not found" not in replies[0] and len(set(replies)) == 1, replies
+
+
+def _bomb(path, inflated: int) -> bytes:
+    """A deflated song.wav of ``inflated`` zero bytes, written in chunks (never held inflated here)."""
+    import zipfile
+
+    info = zipfile.ZipInfo("song.wav")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open(info, "w") as out:
+            for _ in range(inflated >> 20):
+                out.write(bytes(1 << 20))
+    return path.read_bytes()
+
+
+def test_song_archive_bomb_is_refused_without_inflating(served, tmp_path):
+    """Issue 18: a ~500 KiB song archive that inflates to 500 MiB is refused 413 at once (its declared
+    size), a lying or overfull archive too, an unreadable one is 400; the replica serves on."""
+    import base64
+    import io
+    import zipfile
+
+    blob = _bomb(tmp_path / "bomb.zip", 500 << 20)
+    assert len(blob) < 600 * 1024
+    start = time.monotonic()
+    status, reply = _post(served, {"request": {"kind": "extend", "lyrics": "[verse]\nx", "seconds": 2.0, "steps": 2},
+                                   "song": base64.b64encode(blob).decode()})
+    assert (status, reply["code"]) == (413, "too_large") and "inflate" in reply["detail"], reply
+    assert time.monotonic() - start < 10
+    log.info("a %d KiB archive of 500 MiB refused 413 in %.3f s", len(blob) >> 10, time.monotonic() - start)
+    # inflates past the (test) 8 MiB cap while its declared size is within 12 MiB of body: stopped while streaming
+    status, reply = _post(served, {"request": {"kind": "extend", "lyrics": "[verse]\nx", "seconds": 2.0, "steps": 2},
+                                   "song": base64.b64encode(_bomb(tmp_path / "b2.zip", 9 << 20)).decode()})
+    assert (status, reply["code"]) == (413, "too_large"), reply
+    garbage = io.BytesIO()
+    with zipfile.ZipFile(garbage, "w") as zf:
+        zf.writestr("song.wav", b"RIFF but no wave")
+    status, reply = _post(served, {"request": {"kind": "extend", "lyrics": "[verse]\nx", "seconds": 2.0, "steps": 2},
+                                   "song": base64.b64encode(garbage.getvalue()).decode()})
+    assert (status, reply["code"]) == (400, "bad_request") and "song" in reply["detail"], reply
+    assert _health(served)[0]["queue"] == 0
+
+
+def _raw_post(served, headers: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", served["port"]), timeout=30)
+    sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}\r\n".encode())
+    return sock
+
+
+def _read_status(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), None)
+    while length is not None and len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return int(head.split()[1]), rest
+
+
+def test_body_limit_refuses_before_buffering(served):
+    """Issue 18: a body declared larger than the limit is refused 413 on its Content-Length before a byte of
+    it is sent; a chunked body without a length is refused once it passes the limit, not after buffering it all."""
+    import select
+
+    start = time.monotonic()
+    sock = _raw_post(served, f"Content-Length: {600 * 1024 * 1024}\r\n")
+    try:
+        status, rest = _read_status(sock)
+    finally:
+        sock.close()
+    assert status == 413 and b"too_large" in rest and time.monotonic() - start < 10
+    log.info("600 MiB declared body refused 413 in %.3f s", time.monotonic() - start)
+
+    # a chunked body (no length to check) is refused 411 at the proxy before it is read
+    sock = _raw_post(served, "Transfer-Encoding: chunked\r\n")
+    sent, status = 0, None
+    chunk = b"%x\r\n" % (1 << 20) + b" " * (1 << 20) + b"\r\n"
+    try:
+        while sent < 64 << 20:  # the limit is 12 MiB: the server must answer long before 64 MiB
+            if select.select([sock], [], [], 0)[0]:
+                status, _ = _read_status(sock)
+                break
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                status, _ = _read_status(sock)
+                break
+            sent += 1 << 20
+    finally:
+        sock.close()
+    assert status == 411 and sent < 32 << 20, (status, sent)
+    assert _health(served)[0]["queue"] == 0
+
+
+def test_replica_counts_body_bytes_while_they_stream():
+    """Behind a proxy without the middleware, the replica still stops reading a body at its limit (it
+    never joins more than ``limit`` bytes) and refuses a declared length over it before reading."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from dr2studio.engine import ErrorCode, JobError
+    from dr2studio.serve import read_body
+
+    def request(headers: list[tuple[bytes, bytes]], chunks: int) -> tuple[Request, list[int]]:
+        served_chunks = [0]
+
+        async def receive():
+            served_chunks[0] += 1
+            more = served_chunks[0] < chunks
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": more}
+
+        return Request({"type": "http", "method": "POST", "path": "/v1/jobs", "headers": headers}, receive), served_chunks
+
+    req, count = request([], chunks=1000)
+    with pytest.raises(JobError) as info:
+        asyncio.run(read_body(req, 10_000))
+    assert info.value.code is ErrorCode.TOO_LARGE and count[0] == 11  # stopped at the chunk that passed the limit
+    req, count = request([(b"content-length", b"1000000")], chunks=1000)
+    with pytest.raises(JobError) as info:
+        asyncio.run(read_body(req, 10_000))
+    assert info.value.code is ErrorCode.TOO_LARGE and count[0] == 0
+    req, _ = request([(b"content-length", b"3000")], chunks=3)
+    assert len(asyncio.run(read_body(req, 10_000))) == 3000
+
+
+def test_wrong_json_types_are_400_naming_the_field(served):
+    """Issue 18: wrong JSON types are 400 bad_request naming the field (never 500); oversized lyrics are
+    refused at entry (requests.MAX_LYRICS_CHARS); hostile JSON (deep nesting) is a 400 too."""
+    from dr2studio.requests import MAX_LYRICS_CHARS
+
+    ok = {"kind": "generate", "lyrics": "[verse]\nhi", "duration": 2}
+    cases = [({**ok, "duration": "5"}, "duration"), ({**ok, "lyrics": 5}, "lyrics"), ({**ok, "steps": [2]}, "steps"),
+             ({**ok, "style": {"a": 1}}, "style"), ({**ok, "style_embedding": "x"}, "style_embedding"),
+             ({**ok, "seed": 1.5}, "seed"), ({**ok, "stereo": "yes"}, "stereo"), ({**ok, "kind": 5}, "kind"),
+             ({**ok, "tempo": None, "cfg_strength": "high"}, "cfg_strength"),
+             ({**ok, "lyrics": "[verse]\n" + "la " * MAX_LYRICS_CHARS}, "lyrics")]
+    for request, field in cases:
+        status, reply = _post(served, {"request": request})
+        assert (status, reply["code"]) == (400, "bad_request") and field in reply["detail"], (request, reply)
+    for body in (b"[]", b'{"request": 5}', b'{"request": {}, "song": 5}', b"[" * 200000 + b"]" * 200000):
+        status, reply = _post(served, body)
+        assert (status, reply["code"]) == (400, "bad_request"), (body[:20], reply)
+    assert _health(served)[0]["queue"] == 0
+
+
+def test_full_replica_answers_503_busy_and_health_stays_prompt(served):
+    """Issue 18: with its one rendering job and its queue full (max_pending=2), the next job gets 503
+    ``busy`` at once (over HTTP and over the handle), and /v1/health answers within 1 s throughout."""
+    import http.client
+
+    from dr2studio.engine import ErrorCode, JobError, JobRequest, ServeEngine
+
+    conns = []
+    try:
+        for i in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=60)
+            conn.request("POST", "/v1/jobs", body=json.dumps({"request": {
+                "kind": "generate", "lyrics": f"[verse]\nbusy {i}", "duration": 300.0, "steps": 2}}),
+                headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.readline())["type"] == "accepted"
+            conns.append((conn, resp))
+        start = time.monotonic()
+        status, reply = _post(served, {"request": {"kind": "generate", "lyrics": "[verse]\none more", "duration": 2}})
+        assert (status, reply["code"]) == (503, "busy") and time.monotonic() - start < 2.0, reply
+        log.info("full replica: 503 busy in %.3f s", time.monotonic() - start)
+        events = list(served["handle"].options(stream=True).events.remote(
+            {"request": {"kind": "generate", "lyrics": "[verse]\nby handle", "duration": 2}}))
+        assert events[-1]["type"] == "error" and events[-1]["code"] == "busy", events
+        engine = ServeEngine(served["url"])
+        try:
+            with pytest.raises(JobError) as info:
+                engine.submit(JobRequest(kind="generate", lyrics="[verse]\nx", duration=2.0, steps=2)).wait(30)
+            assert info.value.code is ErrorCode.BUSY
+        finally:
+            engine.close()
+        worst = 0.0
+        for _ in range(10):
+            info_, took = _health(served)
+            worst = max(worst, took)
+            assert info_["queue"] == 3 and info_["capacity"] == 3
+            time.sleep(0.2)
+        assert worst < 1.0, worst
+        log.info("health while 3 jobs are held: worst of 10 answers %.3f s", worst)
+    finally:
+        for conn, resp in conns:
+            conn.close()
+    deadline = time.monotonic() + 20  # the closed streams cancel their jobs
+    while _health(served)[0]["queue"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _health(served)[0]["queue"] == 0
+    status, event = _post(served, {"request": {"kind": "generate", "lyrics": "[verse]\nback", "duration": 1.0, "steps": 2}})
+    assert status == 200 and event["type"] == "result"
+
+
+def test_hostile_lyrics_neither_freeze_the_replica_nor_pass_the_entry_limit(served):
+    """Issue 18: a 60 KB lyric tag (the pattern that once backtracked for 38 s) leaves /v1/health answering
+    within 1 s while the replica handles it; 10 MB of lyrics are refused at entry (requests.MAX_LYRICS_CHARS)."""
+    import threading
+
+    from dr2studio.requests import MAX_LYRICS_CHARS
+
+    tag = "[a" + "_" * 60000 + "!]"
+    assert len(tag) < MAX_LYRICS_CHARS
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(reply=_post(served, {"request": {
+        "kind": "generate", "lyrics": f"[verse]\nhello\n{tag}\nworld", "duration": 1.0, "steps": 2}}, timeout=120)))
+    start = time.monotonic()
+    worker.start()
+    worst = 0.0
+    while worker.is_alive() and time.monotonic() - start < 60:
+        worst = max(worst, _health(served, timeout=5)[1])
+        time.sleep(0.1)
+    worker.join(60)
+    assert not worker.is_alive() and worst < 1.0, worst
+    log.info("60 KB lyric tag: job answered in %.2f s, health worst %.3f s", time.monotonic() - start, worst)
+    assert time.monotonic() - start < 30
+    status, _ = result["reply"]
+    assert status in (200, 400)
+
+    start = time.monotonic()
+    status, reply = _post(served, {"request": {"kind": "generate", "lyrics": "la " * ((10 << 20) // 3), "duration": 2}})
+    assert (status, reply["code"]) == (400, "bad_request") and "lyrics" in reply["detail"], reply
+    assert time.monotonic() - start < 10

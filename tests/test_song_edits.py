@@ -85,3 +85,23 @@ def test_bridge_reads_the_typed_record():
     cut = crop_song(song, 0.3)  # 0.3 s: one latent frame of 0.2 s
     assert cut.edits[-1] == Edit(kind="crop", end=0.2) and cut.settings["edits"][0] == EXTEND
     assert cut.audio.shape[1] == 9600 and cut.latents.shape[1] == 1
+
+
+def test_history_is_covered_by_the_sidecar_checksum(tmp_path):
+    """Issue 18: the history is part of the checksummed state; a rewritten history is refused, not carried over."""
+    from safetensors.torch import save_file
+
+    from dr2studio.song import SidecarError
+
+    song = _song([dict(EXTEND)])
+    song = Song(audio=song.audio, sample_rate=48000, latents=song.latents,
+                settings=song.settings_with_edit(Edit(kind="crop", end=3.0)))
+    path = song.save(tmp_path / "take.wav")
+    assert [e.kind for e in Song.load(path).edits] == ["extend", "crop"]
+    with safe_open(str(sidecar_path(path)), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    settings = json.loads(meta["settings"])
+    settings["edits"] = settings["edits"][:1]  # history rewritten
+    save_file(tensors, str(sidecar_path(path)), metadata={**meta, "settings": json.dumps(settings)})
+    with pytest.raises(SidecarError, match="state_sha256 does not match"):
+        Song.load(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -365,3 +366,158 @@ def test_reaper_action_reads_a_schema_1_cli_take(tmp_path: Path) -> None:
     lua.execute((Path(__file__).resolve().parents[1] / "bridges" / "reaper" / "dr2_import_takes.lua").read_text())
     placed = lua.globals().placed
     assert len(placed) == 1 and placed[1]["D_POSITION"] == 12.5
+
+
+# -- a project from someone else: links out of it are refused, nothing lands outside (issue 18) ----------
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A short song, a project folder and an ``outside`` folder the project's links lead to."""
+    song = tmp_path / "take.wav"
+    write_audio(song, _song_at(8000, 0.5).audio, 8000)
+    project, outside = tmp_path / "proj", tmp_path / "outside"
+    project.mkdir()
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    return song, project, outside
+
+
+@pytest.mark.parametrize("daw, link", [
+    ("generic", "dr2"),
+    ("ableton", "Samples"),
+    ("ableton", "Samples/Imported"),
+    ("ableton", "Samples/Imported/dr2"),
+    ("reaper", "Media"),
+    ("reaper", "Media/dr2"),
+])
+def test_cli_stems_refuses_a_link_out_of_the_project(hostile: tuple[Path, Path, Path], daw: str, link: str) -> None:
+    song, project, outside = hostile
+    (project / link).parent.mkdir(parents=True, exist_ok=True)
+    (project / link).symlink_to(outside)
+    before = _tree(project)
+    _one_line_error(_cli(song, "--project", project, "--daw", daw, "-q"), "outside the project folder")
+    assert _tree(outside) == ["keep.txt"] and _tree(project) == before  # nothing written anywhere
+
+
+def test_reaper_record_path_through_a_link_out_is_not_followed(hostile: tuple[Path, Path, Path]) -> None:
+    song, project, outside = hostile
+    (project / "Audio").symlink_to(outside)  # RECORD_PATH names a folder inside that leads out
+    (project / "song.rpp").write_text('<REAPER_PROJECT\n  RECORD_PATH "Audio" ""\n>\n')
+    result = _cli(song, "--project", project, "--daw", "reaper", "-q", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files"]["mix"] == "Media/dr2/take/mix.wav"  # the project's own Media
+    assert _tree(outside) == ["keep.txt"]
+
+
+def test_a_linked_manifest_or_rpp_is_not_read_or_written(hostile: tuple[Path, Path, Path]) -> None:
+    song, project, outside = hostile
+    secret = outside / "dr2studio.json"
+    secret.write_text(json.dumps({"schema_version": 2, "takes": [], "secret": "elsewhere"}))
+    (project / "dr2studio.json").symlink_to(secret)
+    _one_line_error(_cli(song, "--project", project, "-q"), "manifest")
+    assert json.loads(secret.read_text())["secret"] == "elsewhere" and not (project / "dr2").exists()
+    (project / "dr2studio.json").unlink()
+    (outside / "other.rpp").write_text("<REAPER_PROJECT\n  SAMPLERATE 22050 0 0\n>\n")
+    (project / "linked.rpp").symlink_to(outside / "other.rpp")  # a project file from elsewhere: not read
+    result = _cli(song, "--project", project, "--daw", "reaper", "-q", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sample_rate"] == 48000  # not the linked file's 22050
+
+
+def test_links_inside_the_project_and_a_linked_project_root_are_fine(hostile: tuple[Path, Path, Path],
+                                                                     tmp_path: Path) -> None:
+    song, project, outside = hostile
+    (project / "Library").mkdir()
+    (project / "Samples").symlink_to("Library")  # stays inside: followed
+    alias = tmp_path / "alias"
+    alias.symlink_to(project)  # the user's own link to their project: resolved once, then theirs
+    result = _cli(song, "--project", alias, "--daw", "ableton", "-q", "--json")
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)
+    assert entry["project"] == str(project.resolve())
+    assert (project / "Library" / "Imported" / "dr2" / "take" / "mix.wav").is_file()
+    assert _tree(outside) == ["keep.txt"]
+
+
+def test_api_export_stems_refuses_a_link_out_too(hostile: tuple[Path, Path, Path]) -> None:
+    _, project, outside = hostile
+    (project / "dr2").symlink_to(outside)
+    with pytest.raises(ValueError, match="dr2 is a link to .*outside the project folder"):
+        export_stems(_song_at(8000, 0.5), project)
+    assert _tree(outside) == ["keep.txt"]
+
+
+def test_write_take_rechecks_links_made_after_the_layout(hostile: tuple[Path, Path, Path]) -> None:
+    from dr2studio.audio.daw import ProjectError, write_take
+
+    _, project, outside = hostile
+    layout = project_layout(project, "generic")
+    (project / "dr2").symlink_to(outside)  # swapped in after the checks, before the write
+    with pytest.raises(ProjectError, match="outside the project folder"):
+        write_take(layout, "t", {"mix": (_song_at(8000, 0.2).audio, 8000)}, {})
+    assert _tree(outside) == ["keep.txt"] and not (project / "dr2studio.json").exists()
+
+
+# -- a read-only project is refused before any render (as an unprivileged user: root writes anywhere) ------
+
+def _unprivileged() -> list[str]:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv")
+    return [shutil.which("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _run_cli_as_user(args: list[object], home: Path) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+           "TORCH_HOME": str(home / "torch")}
+    cmd = [*_unprivileged(), sys.executable, "-c", "from dr2studio.cli import run; run()", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, timeout=300)
+
+
+@pytest.fixture
+def open_tmp() -> "Iterator[Path]":
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dr2-stems-ro-"))
+    folder.chmod(0o755)
+    (folder / "home").mkdir(mode=0o777)
+    (folder / "home").chmod(0o777)
+    yield folder
+    for p in folder.rglob("*"):
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["project", "takes"])
+def test_cli_stems_read_only_project_fails_before_the_render(open_tmp: Path, where: str) -> None:
+    song = open_tmp / "take.wav"
+    write_audio(song, _song_at(8000, 0.5).audio, 8000)
+    song.chmod(0o644)
+    project = open_tmp / "proj"
+    (project / "dr2").mkdir(parents=True)
+    locked = project if where == "project" else project / "dr2"
+    for folder in (project, project / "dr2"):
+        folder.chmod(0o777)
+    locked.chmod(0o555)
+    # --separate without weights or network: had the render started, the error would be about the download
+    result = _run_cli_as_user(["stems", song, "--project", project, "--separate", "-q"], open_tmp / "home")
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and f"{locked} is not writable" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert _tree(project) == ["dr2"]

@@ -7,7 +7,10 @@ Layouts (``<take>`` is one rendered song, holding one WAV per stem):
   ``RECORD_PATH`` line of the ``.rpp`` in DIR (an empty path means DIR itself), else ``DIR/Media``;
 - ``generic``: ``DIR/dr2/<take>/``.
 
-Nothing is written outside DIR. A take is rendered into a hidden staging folder and renamed into
+Nothing is read or written outside DIR: DIR is resolved once (the user's own link is theirs), and every
+folder, ``.rpp`` and manifest below it goes through :mod:`dr2studio.confine`, so a ``dr2``, ``Samples`` or
+``Media`` link that leads out of the project, or a manifest linked to a file elsewhere, is refused before
+anything is rendered. A take is rendered into a hidden staging folder and renamed into
 place, then the manifest is rewritten through a temporary file under an exclusive lock, so a DAW or a
 second dr2studio process never sees a half-written take or manifest.
 """
@@ -29,6 +32,16 @@ import torch
 
 from dr2studio.audio.io import write_audio
 from dr2studio.audio.project_manifest import ManifestError, load_manifest, take_entry, write_manifest
+from dr2studio.confine import (
+    ConfineError,
+    check_dir_inside,
+    check_file_target,
+    check_writable_dir,
+    ensure_dir_inside,
+    is_inside,
+    resolve_inside,
+    resolve_root,
+)
 from dr2studio.requests import DAWS  # the one list of project layouts (re-exported here)
 
 try:  # POSIX only; elsewhere the manifest update is atomic but not serialised
@@ -41,6 +54,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ProjectError",
     "ProjectLayout",
+    "check_project_writable",
     "project_layout",
     "project_sample_rate",
     "read_manifest",
@@ -76,9 +90,23 @@ class ProjectLayout:
         return path.relative_to(self.root).as_posix()
 
 
+def _project_files(root: Path) -> list[Path]:
+    """The ``.rpp`` files of ``root`` that are files inside it (a link to a file elsewhere is not read)."""
+    found = []
+    for rpp in sorted(root.glob("*.rpp")) + sorted(root.glob("*.RPP")):
+        try:
+            inside = rpp.is_file() and is_inside(rpp.resolve(strict=True), root)
+        except (OSError, RuntimeError):
+            inside = False
+        if inside:
+            found.append(rpp)
+        else:
+            log.warning("%s is not a file inside the project %s; not read", rpp.name, root)
+    return found
+
+
 def _reaper_media(root: Path) -> Path:
-    projects = sorted(root.glob("*.rpp")) + sorted(root.glob("*.RPP"))
-    for rpp in projects:
+    for rpp in _project_files(root):
         try:
             text = rpp.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -89,9 +117,10 @@ def _reaper_media(root: Path) -> Path:
         value = match.group(1) if match.group(1) is not None else match.group(2)
         if not value:
             return root
-        media = (root / value).resolve()
-        if media == root or root in media.parents:
-            return media
+        try:
+            return resolve_inside(root, value, "RECORD_PATH")
+        except ConfineError:
+            pass
         log.warning("%s records media outside the project (%s); using %s/Media instead", rpp.name, value, root)
         break
     return root / "Media"
@@ -104,12 +133,15 @@ def project_layout(project: str | os.PathLike, daw: str = "generic") -> ProjectL
     """
     if daw not in DAWS:
         raise ProjectError(f"unknown DAW {daw!r} (choose one of {', '.join(DAWS)})")
-    root = Path(project).expanduser()
-    if root.exists() and not root.is_dir():
-        raise ProjectError(f"project path {root} is a file, not a folder")
-    if not root.exists() and not root.parent.is_dir():
-        raise ProjectError(f"project folder {root} cannot be created: {root.parent} does not exist")
-    root = root.resolve()
+    given = Path(project).expanduser()
+    if given.exists() and not given.is_dir():
+        raise ProjectError(f"project path {given} is a file, not a folder")
+    if not given.exists() and not given.parent.is_dir():
+        raise ProjectError(f"project folder {given} cannot be created: {given.parent} does not exist")
+    try:
+        root = resolve_root(given, must_exist=False, what="project folder")  # once: the user's own link is theirs
+    except ConfineError as exc:
+        raise ProjectError(str(exc)) from exc
     if daw == "ableton":
         takes = root / "Samples" / "Imported" / "dr2"
     elif daw == "reaper":
@@ -117,20 +149,46 @@ def project_layout(project: str | os.PathLike, daw: str = "generic") -> ProjectL
     else:
         takes = root / "dr2"
     layout = ProjectLayout(root=root, daw=daw, takes_dir=takes)
+    if root.is_dir():  # links out of the project fail here, before anything is rendered
+        try:
+            check_dir_inside(root, takes.relative_to(root))
+            check_file_target(root, MANIFEST_NAME, "manifest")
+        except ConfineError as exc:
+            raise ProjectError(str(exc)) from exc
     read_manifest(layout)  # an unreadable manifest is an error before anything is written
     return layout
+
+
+def check_project_writable(layout: ProjectLayout) -> Path:
+    """Prove the project takes new files where the take and the manifest will go; returns the folder probed.
+
+    Why: a render (separation, effects) takes minutes, and a read-only project would otherwise be found
+    only when the first WAV is written. Probes the deepest existing folder on the way to the take folder
+    (the root itself, or its parent when the project is still to be created), and the root.
+    """
+    try:
+        if not layout.root.exists():
+            return check_writable_dir(layout.root.parent, "folder for the new project")
+        check_writable_dir(layout.root, "project folder")
+        deepest = check_dir_inside(layout.root, layout.takes_dir.relative_to(layout.root))
+        label = "project folder" if deepest == layout.root else "take folder" if deepest == layout.takes_dir else "folder"
+        return check_writable_dir(deepest, label)
+    except ConfineError as exc:
+        raise ProjectError(str(exc)) from exc
 
 
 def read_manifest(layout: ProjectLayout) -> dict[str, Any]:
     """The project's manifest in the current schema (older schemas upgraded; empty when there is none yet)."""
     try:
+        if layout.root.is_dir():
+            check_file_target(layout.root, MANIFEST_NAME, "manifest")  # never read through a link out
         return load_manifest(layout.manifest_path, layout.daw)
-    except ManifestError as exc:
+    except (ManifestError, ConfineError) as exc:
         raise ProjectError(str(exc)) from exc
 
 
 def _rpp_sample_rate(root: Path) -> int | None:
-    for rpp in sorted(root.glob("*.rpp")) + sorted(root.glob("*.RPP")):
+    for rpp in _project_files(root):
         try:
             match = _SAMPLERATE.search(rpp.read_text(encoding="utf-8", errors="replace"))
         except OSError:
@@ -170,7 +228,7 @@ def _locked(root: Path) -> Iterator[None]:
 def _take_name(layout: ProjectLayout, wanted: str) -> str:
     base = _SAFE_NAME.sub("_", wanted).strip("._") or "take"
     name, n = base, 1
-    while (layout.takes_dir / name).exists():
+    while (layout.takes_dir / name).exists() or (layout.takes_dir / name).is_symlink():
         n += 1
         name = f"{base}-{n}"
     return name
@@ -198,11 +256,16 @@ def write_take(
     layout.root.mkdir(exist_ok=True)
     with _locked(layout.root):
         manifest = read_manifest(layout)
-        layout.takes_dir.mkdir(parents=True, exist_ok=True)
+        try:  # every folder on the way is created or checked inside the project, links resolved
+            ensure_dir_inside(layout.root, layout.takes_dir.relative_to(layout.root))
+            check_file_target(layout.root, MANIFEST_NAME, "manifest")
+        except ConfineError as exc:
+            raise ProjectError(str(exc)) from exc
         name = _take_name(layout, take)
         staging = layout.takes_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
+            resolve_inside(layout.root, staging, "staging folder")  # nothing swapped a link in meanwhile
             for stem, (audio, rate) in stems.items():
                 write_audio(staging / f"{stem}.wav", audio, rate, subtype=subtype)
             final = layout.takes_dir / name

@@ -13,12 +13,13 @@ import math
 
 import torch
 
-__all__ = ["rms", "rms_db", "match_gain", "LevelStream", "MAX_GAIN_DB", "SILENCE_DB"]
+__all__ = ["rms", "rms_db", "match_gain", "LevelStream", "MAX_GAIN_DB", "SILENCE_DB", "LEVEL_WINDOW"]
 
 log = logging.getLogger(__name__)
 
 MAX_GAIN_DB = 30.0  # never scale the new audio by more than this either way
 SILENCE_DB = -60.0  # a reference (or new audio) quieter than this is not matched: the gain stays 1
+LEVEL_WINDOW = 3.0  # seconds of audio either side of a crossfade whose RMS level matching equalises
 
 
 def rms(audio: torch.Tensor) -> float:

@@ -318,10 +318,11 @@ def export_stems(
     seconds. Everything is checked (project folder, manifest, preset, rates) before anything is
     written. Returns the manifest entry of the new take (docs/manifest.md).
     """
-    from dr2studio.audio.daw import project_layout
+    from dr2studio.audio.daw import check_project_writable, project_layout
     from dr2studio.audio.effects import load_preset
 
-    layout = project_layout(project, daw)
+    layout = project_layout(project, daw)  # links out of the project are refused here
+    check_project_writable(layout)  # a read-only project fails before separation, not at the first WAV
     chosen = preset if isinstance(preset, EffectPreset) else load_preset(preset)
     project_rate(layout, sample_rate)  # a bad rate fails before separation runs
     if loudness_lufs is not None and not (-60.0 <= loudness_lufs <= 0.0):

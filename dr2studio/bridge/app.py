@@ -13,7 +13,14 @@ from typing import Any
 from dr2studio.bridge.core import Bridge
 from dr2studio.bridge.midi import MidiController, MidiTcpServer, open_virtual_port
 from dr2studio.bridge.midifile import import_midi_file, import_midi_path, imported_message
-from dr2studio.bridge.osc import DEFAULT_PORT, OscServer
+from dr2studio.bridge.osc import (
+    DEFAULT_PORT,
+    MAX_TCP_CONNECTIONS,
+    OUTBOX_BYTES,
+    SEND_STALL_S,
+    TCP_IDLE_TIMEOUT_S,
+    OscServer,
+)
 from dr2studio.bridge.watch import WatchFolder
 from dr2studio.requests import DEFAULT_CFG_STRENGTH, DEFAULT_STEPS
 
@@ -39,6 +46,12 @@ class BridgeOptions:
     cfg_strength: float = DEFAULT_CFG_STRENGTH
     max_pending: int = 8
     stem_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Stream doors (OSC TCP, MIDI TCP): clients at once on each, idle close, slow-client disconnect,
+    #: bytes queued per OSC TCP client.
+    max_connections: int = MAX_TCP_CONNECTIONS
+    idle_timeout: float = TCP_IDLE_TIMEOUT_S
+    send_stall_s: float = SEND_STALL_S
+    outbox_bytes: int = OUTBOX_BYTES
 
 
 class BridgeApp:
@@ -67,13 +80,15 @@ class BridgeApp:
         o = self.options
         if o.project is not None:
             self.bridge.open_session(str(Path(o.project).expanduser().resolve()), o.daw)
-        self.osc = OscServer(self.bridge, o.host, o.osc_port, tcp=o.osc_tcp)
+        self.osc = OscServer(self.bridge, o.host, o.osc_port, tcp=o.osc_tcp, max_tcp_connections=o.max_connections,
+                             idle_timeout=o.idle_timeout, send_stall_s=o.send_stall_s, outbox_bytes=o.outbox_bytes)
         self.osc.midi_import = lambda path, merge=False: import_midi_file(self.bridge, path, merge)
         self.osc.start()
         if o.midi_tcp is not None or o.midi_port:
             self.midi = MidiController(self.bridge)
         if o.midi_tcp is not None:
-            self.midi_tcp = MidiTcpServer(self.midi, o.host, o.midi_tcp).start()  # type: ignore[arg-type]
+            self.midi_tcp = MidiTcpServer(self.midi, o.host, o.midi_tcp, max_clients=o.max_connections,  # type: ignore[arg-type]
+                                          send_stall_s=o.send_stall_s).start()
         if o.midi_port:
             self.midi_port = open_virtual_port(self.midi, o.midi_port)  # type: ignore[arg-type]
         if o.watch is not None:

@@ -6,6 +6,10 @@ jobs. Bridge jobs run one after another, each against the song committed by the 
 DAW may queue "continue" right after "generate". Each finished job renders its part of the song into
 the project folder and reports one ``stem`` event per file, then ``done``.
 
+A job renders what its session said when it was submitted (a snapshot of sections, lyrics, style,
+grid, fx, project and sampler settings) and its take is committed to that session, even when another
+client has changed or switched the open session before the job ran.
+
 Events go to *sinks*: callables ``sink(address, args)`` using the OSC address space of
 ``osc-midi.md`` (``/dr2/job/accepted`` ... ``/dr2/job/done``), whatever the transport.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import uuid
 from pathlib import Path
@@ -21,7 +26,7 @@ from typing import Any, Callable
 from dr2studio import __version__
 from dr2studio.bridge.deliver import changed_region, crop_song, deliver_take, song_region
 from dr2studio.bridge.paths import PathError, check_name, read_text_inside
-from dr2studio.bridge.persist import clear_song, restore_session, save_session
+from dr2studio.bridge.persist import check_preset_name, clear_song, restore_session, save_session
 from dr2studio.bridge.session import BridgeError, Session, refused
 from dr2studio.engine import Engine, Job, JobCancelled, JobContext, JobEvent, JobQueue, JobRequest, QueueFull
 from dr2studio.requests import (
@@ -45,6 +50,10 @@ ERROR_CODES = {"bad_request": 400, "not_found": 404, "too_large": 413, "cancelle
 MAX_LYRICS_FILE = 256 * 1024
 #: A continue may start this many seconds past the end of the song (DAW grid rounding).
 CONTINUE_TOLERANCE_S = 0.5
+#: Finished takes kept for ``/dr2/take/commit`` (autocommit off); older ones are dropped (memory bound).
+MAX_UNCOMMITTED_TAKES = 8
+#: Finished jobs whose stem events are kept to replay a repeated job id.
+MAX_REPLAYS = 256
 
 
 @dataclasses.dataclass
@@ -58,6 +67,18 @@ class BridgeJob:
     sec_id: str = ""
     seed: int | None = None
     cfg_strength: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Queued:
+    """What the queue holds for a timeline job: the ``spec``, the session ``snapshot`` taken at submit
+    (what to render, into which project) and the ``owner`` session its take is committed to."""
+
+    spec: BridgeJob
+    snapshot: Session
+    owner: Session
+    steps: int
+    cfg_strength: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +124,9 @@ class Bridge:
         self.session: Session | None = None
         self._lock = threading.RLock()
         self._sinks: list[Sink] = []
-        self._takes: dict[str, tuple[Any, float]] = {}  # uncommitted results: job id -> (song, origin beats)
+        self._takes: dict[str, tuple[Session, Any, float]] = {}  # uncommitted: job id -> (owner, song, origin beats)
         self._stems: dict[str, list[list]] = {}  # job id -> stem event args, for replays
-        self._last_take: str | None = None
+        self._live: dict[Path, Session] = {}  # sessions with queued jobs or takes, by project: one object per project
         self._queue = JobQueue(self._run_job, workers=1, max_pending=max_pending, name="dr2-bridge")
 
     # ------------------------------------------------------------------ events
@@ -166,16 +187,32 @@ class Bridge:
             raise BridgeError(f"project folder {project_dir!r} does not exist or is not a folder", 404)
         root = path.resolve()
         if self.project_roots is not None and not any(root == r or r in root.parents for r in self.project_roots):
-            raise BridgeError(f"project folder {root} is outside the allowed roots {', '.join(map(str, self.project_roots))}", 403)
+            raise BridgeError(f"project folder {root} is outside the allowed roots {', '.join(map(str, self.project_roots))} "
+                              "(start the bridge with --projects-root to allow another folder)", 403)
         with self._lock:
-            self._save_quietly()
-            session = Session(project=root, daw=daw)
-            restored = restore_session(session)
+            self._prune_live()
+            session = self._live.get(root)
+            if session is not None:  # jobs or takes of this project are still in flight: the same session
+                session.daw = daw
+                restored = True
+            else:
+                session = Session(project=root, daw=daw)
+                restored = restore_session(session)  # a corrupt saved session is refused before anything changes
+            if self.session is not session:
+                self._save_quietly()
             self.session = session
-            self._takes.clear()
-            self._last_take = None
+            self._live[root] = session
         log.info("session %s: %s (%s)", "restored" if restored else "opened", root, daw)
         return session
+
+    def _prune_live(self) -> None:
+        """Forget sessions that are neither open nor waiting for a job or a take."""
+        busy = {id(j.request.owner) for j in self._queue.jobs()
+                if not j.finished and isinstance(j.request, _Queued)}
+        busy.update(id(owner) for owner, _, _ in self._takes.values())
+        for root, session in list(self._live.items()):
+            if session is not self.session and id(session) not in busy:
+                del self._live[root]
 
     def close_session(self) -> None:
         with self._lock:
@@ -254,15 +291,10 @@ class Bridge:
             return session.set_lyrics(sec_id, text)
 
     def set_fx(self, stem: str, preset: str) -> None:
-        from dr2studio.audio.effects import load_preset, list_presets
+        """A stem's effect preset, by shipped name only (never a path: see :func:`check_preset_name`)."""
+        from dr2studio.audio.effects import load_preset
 
-        try:
-            check_name(stem, "stem name")
-            check_name(preset, "preset name")
-        except PathError as exc:
-            raise BridgeError(str(exc)) from exc
-        if preset not in list_presets():
-            raise BridgeError(f"unknown preset {preset!r}; presets: {', '.join(list_presets())}", 404)
+        stem, preset = check_preset_name(stem, preset)
         load_preset(preset)
         with self._lock:
             self.require_session().fx[stem] = preset
@@ -272,13 +304,18 @@ class Bridge:
             self.require_session().autocommit = bool(on)
 
     def commit(self, job_id: str | None = None) -> str:
-        """Make a finished take (default: the newest) the song later jobs build on."""
+        """Make a finished take of the open session (default: its newest) the song later jobs build on."""
         with self._lock:
             session = self.require_session()
-            job_id = job_id or self._last_take
+            job_id = job_id or session.last_take
             if job_id is None or job_id not in self._takes:
                 raise BridgeError(f"no uncommitted take {job_id!r} to commit", 404)
-            session.song, session.origin_beats = self._takes.pop(job_id)
+            owner, song, origin = self._takes[job_id]
+            if owner is not session:
+                raise BridgeError(f"take {job_id!r} belongs to the project {owner.project}, not to the open one "
+                                  f"{session.project}; open that project to commit it", 409)
+            del self._takes[job_id]
+            session.song, session.origin_beats = song, origin
             self._persist(session)
             return job_id
 
@@ -291,11 +328,14 @@ class Bridge:
         except PathError as exc:
             raise BridgeError(str(exc)) from exc
         with self._lock:
-            self._prepare(spec, dry_run=True)  # fail fast on what can be checked now
+            owner = self.require_session()
+            # what to render is fixed now: another client may change or switch the session before it runs
+            queued = _Queued(spec, owner.snapshot(), owner, self.steps, self.cfg_strength)
+            self._prepare(queued, dry_run=True)  # fail fast on what can be checked now
             existing = self._queue.get(job_id)
             if existing is None:
                 try:
-                    job = self._queue.submit(spec, job_id=job_id, on_event=self._on_job_event)
+                    job = self._queue.submit(queued, job_id=job_id, on_event=self._on_job_event)
                 except QueueFull as exc:
                     raise BridgeError(str(exc), ERROR_CODES["busy"]) from exc
         if existing is None:
@@ -325,15 +365,20 @@ class Bridge:
             self._save_quietly()
 
     # ------------------------------------------------------------- internals
-    def _prepare(self, spec: BridgeJob, dry_run: bool = False) -> JobPlan:
-        """Turn a timeline job into an engine request against the session as it is now."""
-        session = self.require_session()
+    def _prepare(self, queued: _Queued, dry_run: bool = False) -> JobPlan:
+        """Turn a timeline job into an engine request against its session snapshot (whose song is the
+        owner's committed one, set by :meth:`_run_job`)."""
+        spec, session = queued.spec, queued.snapshot
+        for name in ("seconds", "from_beats", "length_beats"):
+            value = getattr(spec, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise BridgeError(f"{spec.kind} job: {name} must be a finite number, got {value!r}")
         if spec.seed is not None:
             with refused():
                 SEED.check(spec.seed)
-        cfg = self.cfg_strength if spec.cfg_strength is None else _sampling(self.steps, spec.cfg_strength)[1]
+        cfg = queued.cfg_strength if spec.cfg_strength is None else _sampling(queued.steps, spec.cfg_strength)[1]
         # the tempo travels as a number (the style text's, else the DAW's); the text keeps it for the style vector
-        common = dict(steps=self.steps, cfg_strength=cfg, seed=spec.seed, style=session.style_prompt(),
+        common = dict(steps=queued.steps, cfg_strength=cfg, seed=spec.seed, style=session.style_prompt(),
                       tempo=session.song_tempo())
         if self.style_embedding is not None and session.style is None:
             common["style_embedding"] = [float(v) for v in self.style_embedding.reshape(-1).tolist()]
@@ -342,6 +387,8 @@ class Bridge:
             if not sections:
                 raise BridgeError("define sections before generating a song")
             end = session.seconds(session.timeline_end_beats())
+            if spec.seconds < 0:
+                raise BridgeError(f"song length {spec.seconds:g} s must be > 0, or 0 for the end of the last section")
             seconds = spec.seconds if spec.seconds > 0 else end
             with refused():
                 DURATION.check(seconds)
@@ -384,12 +431,13 @@ class Bridge:
     def _run_job(self, job: Job, ctx: JobContext) -> int:
         """Render and deliver one timeline job. A failure ends the job with the code its error carries
         (a :class:`BridgeError`'s status, the engine job's :class:`~dr2studio.engine.ErrorCode`)."""
-        with self._lock:
-            plan = self._prepare(job.request)
-            session = self.require_session()
+        queued: _Queued = job.request
+        with self._lock:  # the song is the owner's, as committed by the jobs before this one
+            queued.snapshot.song, queued.snapshot.origin_beats = queued.owner.song, queued.owner.origin_beats
+            plan = self._prepare(queued)
         result = self._run_engine(job, ctx, plan)
         ctx.progress(0.9, "render")
-        return self._deliver(job.id, ctx, session, plan, result)
+        return self._deliver(job.id, ctx, queued, plan, result)
 
     def _run_engine(self, job: Job, ctx: JobContext, plan: JobPlan) -> Any:
         def forward(event: JobEvent) -> None:
@@ -407,7 +455,9 @@ class Bridge:
         ctx.check()
         return ejob.wait(0)
 
-    def _deliver(self, job_id: str, ctx: JobContext, session: Session, plan: JobPlan, song: Any) -> int:
+    def _deliver(self, job_id: str, ctx: JobContext, queued: _Queued, plan: JobPlan, song: Any) -> int:
+        """Write the take into the snapshot's project and commit it to the session it came from."""
+        session, owner = queued.snapshot, queued.owner
         request = plan.request
         region, start_s = song_region(song, *changed_region(request.kind, song))
         position_beats = session.beat_after(plan.origin, start_s)
@@ -418,13 +468,18 @@ class Bridge:
                    int(f.sample_rate)] for f in written]
         with self._lock:
             self._stems[job_id] = events
-            if self.session is session:
-                if session.autocommit:
-                    session.song, session.origin_beats = song, plan.origin
-                    self._persist(session)
-                else:
-                    self._takes[job_id] = (song, plan.origin)
-                self._last_take = job_id
+            while len(self._stems) > MAX_REPLAYS:
+                del self._stems[next(iter(self._stems))]
+            if owner.autocommit:
+                owner.song, owner.origin_beats = song, plan.origin
+                self._persist(owner)
+            else:
+                self._takes[job_id] = (owner, song, plan.origin)
+                while len(self._takes) > MAX_UNCOMMITTED_TAKES:
+                    dropped = next(iter(self._takes))
+                    del self._takes[dropped]
+                    log.info("dropped uncommitted take %s (more than %d kept)", dropped, MAX_UNCOMMITTED_TAKES)
+            owner.last_take = job_id
         for args in events:
             self.emit("/dr2/job/stem", *args)
         return len(written)

@@ -133,6 +133,11 @@ def deliver_take(session: Session, job_id: str, region: tuple[torch.Tensor, int]
         check()
         sep = separator if separator is not None else _load_separator(separator_weights)
         sources.update(sep.separate(audio, rate))
+    from dr2studio.bridge.persist import check_preset_name
+
+    for name in sources:  # the session's choices are names of shipped presets, never paths (the CLI's may be)
+        if name in session.fx:
+            check_preset_name(name, session.fx[name])
     fx = {name: session.fx.get(name, preset) for name in sources}
     presets = {name: load_preset(choice) for name, choice in fx.items()}
     check()

@@ -16,8 +16,12 @@ Control channel 16 (mido channel 15):
 Events travel back as SysEx ``F0 7D 10 <base64 JSON [address, args]> F7`` on the same port, so a
 MIDI-only controller (or a test) sees accepted / progress / stem / done / error.
 
-Transports: :class:`MidiTcpServer` (mido's socket port server, works everywhere) and
-:func:`open_virtual_port` (rtmidi; virtual ports do not exist on Windows).
+Transports: :class:`MidiTcpServer` (raw MIDI bytes over TCP, the wire format of mido's socket ports,
+so ``mido.sockets.connect`` works; everywhere) and :func:`open_virtual_port` (rtmidi; virtual ports do
+not exist on Windows). The TCP server never waits for a client: each has a bounded
+:class:`~dr2studio.bridge.outbox.Outbox` (a client that stops reading loses events, then its
+connection), at most :data:`MAX_MIDI_CLIENTS` are connected, and a SysEx is collected here, never
+beyond :data:`MAX_SYSEX` bytes, even when its ``F7`` never comes.
 """
 from __future__ import annotations
 
@@ -25,18 +29,21 @@ import base64
 import binascii
 import json
 import logging
-import select
+import re
+import selectors
+import socket
 import threading
 import uuid
 from typing import Any, Callable
 
 from dr2studio.bridge.core import Bridge, BridgeJob
+from dr2studio.bridge.outbox import Outbox
 from dr2studio.bridge.paths import PathError
 from dr2studio.bridge.session import BridgeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MidiController", "MidiTcpServer", "open_virtual_port", "encode_sysex", "decode_event",
+__all__ = ["MidiController", "MidiTcpServer", "MidiStream", "open_virtual_port", "encode_sysex", "decode_event",
            "CONTROL_CHANNEL", "PROGRAM_KINDS", "NOTE_CONTINUE", "NOTE_REGENERATE", "NOTE_CANCEL", "NOTE_COMMIT"]
 
 CONTROL_CHANNEL = 15  # "channel 16" in the 1-based numbering DAWs show
@@ -44,7 +51,15 @@ SYSEX_ID = 0x7D
 NOTE_CONTINUE, NOTE_REGENERATE, NOTE_CANCEL, NOTE_COMMIT = 36, 37, 38, 39
 PROGRAM_KINDS = ("intro", "verse", "pre-chorus", "chorus", "bridge", "outro", "instrumental")
 CMD_LYRICS, CMD_LYRICS_FOR, CMD_STYLE, CMD_TEMPO, CMD_OPEN, CMD_SECTION, CMD_EVENT = 1, 2, 3, 4, 5, 6, 0x10
+#: Data bytes of one SysEx (between F0 and F7); longer ones are dropped with an error, unbuffered.
 MAX_SYSEX = 64 * 1024
+#: MIDI-over-TCP clients connected at once; one more gets an error event and is closed.
+MAX_MIDI_CLIENTS = 16
+#: Events waiting for one MIDI-over-TCP client (frames / bytes); beyond, new ones are dropped for it.
+MIDI_OUTBOX_FRAMES = 1024
+MIDI_OUTBOX_BYTES = 2 * 1024 * 1024
+#: A MIDI-over-TCP client that takes no bytes for this long while events wait is disconnected.
+MIDI_SEND_STALL_S = 10.0
 DEFAULT_BARS = 8
 
 
@@ -237,7 +252,7 @@ class MidiController:
             try:
                 bpm = float(text)
             except ValueError:
-                raise BridgeError(f"SysEx tempo {text!r} is not a number") from None
+                raise BridgeError(f"SysEx tempo {text!r:.40} is not a number") from None
             self.bridge.set_tempo(bpm)
         elif command == CMD_OPEN:
             path, _, daw = text.partition("\n")
@@ -245,29 +260,112 @@ class MidiController:
         elif command == CMD_SECTION:
             parts = text.split()
             if len(parts) != 4:
-                raise BridgeError(f"SysEx section needs 'sec_id kind start_beats length_beats', got {text!r}")
+                raise BridgeError(f"SysEx section needs 'sec_id kind start_beats length_beats', got {text!r:.80}")
             try:
                 start, length = float(parts[2]), float(parts[3])
             except ValueError:
-                raise BridgeError(f"SysEx section {text!r}: start and length must be numbers") from None
+                raise BridgeError(f"SysEx section {text!r:.80}: start and length must be numbers") from None
             self.bridge.define_section(parts[0], parts[1], start, length)
         else:
             raise BridgeError(f"unknown dr2 SysEx command {command}")
 
 
+_STATUS = re.compile(rb"[\x80-\xf7]")  # a status byte that ends a SysEx (F8..FF are real-time, allowed inside)
+_REALTIME = re.compile(rb"[\xf8-\xff]")
+
+
+class MidiStream:
+    """Raw MIDI bytes from one client -> mido messages, with SysEx bounded.
+
+    Why: mido's parser keeps every byte of a SysEx until its ``F7``, so an unterminated one grows
+    without end. Here SysEx data is collected up to ``limit`` bytes; past that it is counted, not
+    kept, and reported once. :meth:`feed` returns the messages and error texts in arrival order.
+    """
+
+    def __init__(self, limit: int = MAX_SYSEX) -> None:
+        import mido
+
+        self.limit = limit
+        self._parser = mido.Parser()
+        self._sysex: bytearray | None = None
+        self._sysex_size = 0
+        self._reported = False
+
+    def feed(self, data: bytes) -> list[Any]:
+        out: list[Any] = []
+        i, n = 0, len(data)
+        while i < n:
+            if self._sysex is None:
+                j = data.find(b"\xf0", i)
+                self._parser.feed(data[i:j if j >= 0 else n])
+                out.extend(self._parser)
+                if j < 0:
+                    break
+                self._sysex, self._sysex_size, self._reported, i = bytearray(), 0, False, j + 1
+                continue
+            m = _STATUS.search(data, i)
+            end = m.start() if m else n
+            self._collect(data[i:end], out)
+            if m is None:
+                break
+            i = end
+            if data[end] == 0xF7:
+                i += 1
+                if self._sysex_size <= self.limit:
+                    self._parser.feed(b"\xf0" + bytes(self._sysex) + b"\xf7")
+                    out.extend(self._parser)
+            elif not self._reported:  # another status byte aborts the SysEx (as in mido); it is parsed next
+                out.append(f"SysEx of {self._sysex_size} bytes ended by status byte 0x{data[end]:02X} "
+                           "without its F7; dropped")
+            self._sysex = None
+        return out
+
+    def _collect(self, chunk: bytes, out: list[Any]) -> None:
+        if _REALTIME.search(chunk):  # real-time bytes inside a SysEx are messages of their own
+            self._parser.feed(bytes(b for b in chunk if b >= 0xF8))
+            out.extend(self._parser)
+            chunk = bytes(b for b in chunk if b < 0xF8)
+        self._sysex_size += len(chunk)
+        if self._sysex_size <= self.limit:
+            self._sysex.extend(chunk)  # type: ignore[union-attr]
+        elif not self._reported:
+            self._reported = True
+            self._sysex = bytearray()  # free what was kept; the rest is counted only
+            out.append(f"SysEx longer than the {self.limit}-byte limit; dropped (its bytes are skipped until F7)")
+
+
+class _MidiClient:
+    def __init__(self, sock: socket.socket, peer: str, server: "MidiTcpServer") -> None:
+        self.sock, self.peer = sock, peer
+        self.stream = MidiStream(server.max_sysex)
+        self.outbox = Outbox(sock, f"MIDI TCP client {peer}", max_frames=server.outbox_frames,
+                             max_bytes=server.outbox_bytes, stall_timeout=server.send_stall_s)
+
+
 class MidiTcpServer:
-    """MIDI over TCP with mido's :class:`~mido.sockets.PortServer`: any number of clients connect with
-    ``mido.sockets.connect(host, port)``; their messages drive the controller and events go back to all."""
+    """MIDI over TCP: raw MIDI bytes both ways, the wire format of mido's socket ports, so clients connect
+    with ``mido.sockets.connect(host, port)``; their messages drive the controller and events go back to
+    all. One thread reads every client (a selector); each client has its own bounded outbox and writer."""
 
-    def __init__(self, controller: MidiController, host: str = "127.0.0.1", port: int = 7101, *, poll: float = 0.1) -> None:
-        from mido.sockets import PortServer
-
+    def __init__(self, controller: MidiController, host: str = "127.0.0.1", port: int = 7101, *, poll: float = 0.1,
+                 max_clients: int = MAX_MIDI_CLIENTS, send_stall_s: float = MIDI_SEND_STALL_S,
+                 outbox_frames: int = MIDI_OUTBOX_FRAMES, outbox_bytes: int = MIDI_OUTBOX_BYTES,
+                 max_sysex: int = MAX_SYSEX) -> None:
+        if max_clients < 1 or send_stall_s <= 0 or outbox_frames < 1 or outbox_bytes < 1 or max_sysex < 1:
+            raise ValueError("MIDI TCP limits must be positive: max_clients, send_stall_s, outbox_frames, outbox_bytes, "
+                             f"max_sysex = {max_clients}, {send_stall_s}, {outbox_frames}, {outbox_bytes}, {max_sysex}")
         self.controller = controller
-        self._server = PortServer(host, port)
-        self.host, self.port = self._server._socket.getsockname()[:2]
+        self.max_clients, self.send_stall_s = max_clients, send_stall_s
+        self.outbox_frames, self.outbox_bytes, self.max_sysex = outbox_frames, outbox_bytes, max_sysex
+        self._listen = socket.create_server((host, port))
+        self._listen.setblocking(False)
+        self.host, self.port = self._listen.getsockname()[:2]
         self._poll = poll
+        self._clients: dict[socket.socket, _MidiClient] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listen, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._loop, name="dr2-midi-tcp", daemon=True)
         controller.add_output(self._send)
 
@@ -276,41 +374,81 @@ class MidiTcpServer:
         log.info("MIDI socket port on %s:%d", self.host, self.port)
         return self
 
-    def _send(self, msg: Any) -> None:
+    def stats(self) -> dict[str, int]:
+        """Connected clients and events dropped for slow ones (for tests and health)."""
         with self._lock:
-            for port in list(self._server.ports):
-                try:
-                    port.send(msg)
-                except (OSError, ValueError):
-                    pass
+            clients = list(self._clients.values())
+        return {"clients": len(clients), "queued_bytes": sum(c.outbox.queued_bytes for c in clients),
+                "dropped": sum(c.outbox.dropped for c in clients)}
+
+    def _send(self, msg: Any) -> None:
+        data = bytes(msg.bin())
+        with self._lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            client.outbox.put(data)  # never blocks; a full outbox drops for that client only
+
+    def _accept(self) -> None:
+        try:
+            sock, addr = self._listen.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        peer = "%s:%s" % tuple(addr[:2])
+        with self._lock:
+            full = len(self._clients) >= self.max_clients
+        if full:
+            log.warning("refusing MIDI TCP client %s: %d connected", peer, self.max_clients)
+            note = encode_sysex(CMD_EVENT, json.dumps(["/dr2/error", [
+                "midi:connection", f"too many MIDI TCP clients (limit {self.max_clients})"]]))
+            try:
+                sock.setblocking(False)
+                sock.send(bytes(note.bin()))
+            except OSError:
+                pass
+            sock.close()
+            return
+        client = _MidiClient(sock, peer, self)
+        with self._lock:
+            self._clients[sock] = client
+        self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _drop(self, client: _MidiClient) -> None:
+        with self._lock:
+            self._clients.pop(client.sock, None)
+        try:
+            self._selector.unregister(client.sock)
+        except (KeyError, ValueError):
+            pass
+        client.outbox.close("eof")
+        client.sock.close()
+
+    def _read(self, client: _MidiClient) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        for item in client.stream.feed(data):
+            if isinstance(item, str):
+                self.controller.bridge.emit("/dr2/error", f"midi:sysex from {client.peer}", item)
+            else:
+                self.controller.handle(item)
 
     def _loop(self) -> None:
-        # PortServer.iter_pending() blocks inside mido (MultiPort ignores block=False), so the loop
-        # accepts and reads the client ports itself, waiting in select() between messages.
-        server = self._server
         while not self._stop.is_set():
-            with self._lock:
-                sockets = [server._socket] + [p._socket for p in server.ports if not p.closed]
             try:
-                readable, _, _ = select.select(sockets, [], [], self._poll)
-            except (OSError, ValueError):  # a socket closed under us; the next round rebuilds the list
-                readable = []
-            if not readable:
+                events = self._selector.select(self._poll)
+            except (OSError, ValueError):  # a socket closed under us
                 continue
-            messages = []
-            with self._lock:
-                try:
-                    port = server.accept(block=False)
-                    if port is not None:
-                        server.ports.append(port)
-                    for port in list(server.ports):
-                        if not port.closed:
-                            messages.extend(port.iter_pending())
-                    server.ports = [p for p in server.ports if not p.closed]
-                except (OSError, ValueError) as exc:  # a client vanished mid-read
-                    log.debug("MIDI socket read failed: %s", exc)
-            for msg in messages:
-                self.controller.handle(msg)
+            for key, _ in events:
+                if key.fileobj is self._listen:
+                    self._accept()
+                else:
+                    self._read(key.data)
 
     def close(self) -> None:
         self._stop.set()
@@ -318,7 +456,11 @@ class MidiTcpServer:
         if self._thread.is_alive():
             self._thread.join(5)
         with self._lock:
-            self._server.close()
+            clients = list(self._clients.values())
+        for client in clients:
+            self._drop(client)
+        self._selector.close()
+        self._listen.close()
 
     def __enter__(self) -> "MidiTcpServer":
         return self.start()

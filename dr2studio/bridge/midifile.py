@@ -31,11 +31,21 @@ from dr2studio.tempomap import TempoMap
 log = logging.getLogger(__name__)
 
 __all__ = ["MidiPlan", "PlannedSection", "MidiImport", "read_midi_file", "apply_midi_plan", "import_midi_file",
-           "import_midi_path", "imported_message", "MAX_MIDI_FILE", "IMPORTED_ADDRESS"]
+           "import_midi_path", "imported_message", "MAX_MIDI_FILE", "MAX_MIDI_MARKERS", "MAX_MIDI_TEXT_EVENTS",
+           "MAX_MIDI_GRID_CHANGES", "MAX_CUE_JOBS", "IMPORTED_ADDRESS"]
 
 MAX_MIDI_FILE = 4 * 1024 * 1024
+#: ``marker`` + ``cue_marker`` events a file may carry (a session holds at most 128 sections).
+MAX_MIDI_MARKERS = 1024
+#: Text events of all kinds (lyric syllables, text, names); a song's lyrics are limited to 48 K characters.
+MAX_MIDI_TEXT_EVENTS = 65_536
+#: Tempo + time signature changes.
+MAX_MIDI_GRID_CHANGES = 10_000
+#: ``generate`` cues (jobs) one file may start.
+MAX_CUE_JOBS = 4
+#: A marker longer than this names no section kind (kinds are short words) and is not parsed.
+_MAX_KIND_TEXT = 64
 IMPORTED_ADDRESS = "/dr2/midi/imported"
-_KIND_RE = re.compile(r"^\s*([A-Za-z][A-Za-z -]*?)[\s_-]*(\d*)\s*(?::.*)?$")
 _STOP_MARKERS = {"end", "stop", "fin"}
 _TEXT_TYPES = ("text", "lyrics", "marker", "cue_marker", "copyright")
 _NAME_TYPES = ("track_name", "instrument_name", "device_name")
@@ -91,16 +101,29 @@ class _Text:
     text: str
 
 
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ -")
+
+
 def _kind_of(name: str) -> str | None:
-    m = _KIND_RE.match(name)
-    if m is None:
+    """The section kind a marker names: ``Verse 2``, ``pre-chorus_1``, ``Chorus: big`` -> kind, else None.
+
+    Parsed by hand in one pass (a regular expression with nested optional parts backtracked
+    catastrophically on a long marker and froze the bridge): text before the first ``:``, trailing
+    digits and then ``_`` / ``-`` / spaces dropped, the rest must be a letter followed by letters,
+    spaces and hyphens.
+    """
+    head = name.partition(":")[0].strip()
+    if not head or len(head) > _MAX_KIND_TEXT:
         return None
-    word = m.group(1).strip().lower().replace(" ", "-")
+    head = head.rstrip("0123456789").rstrip(" \t\r\n\f\v_-")
+    if not head or not head[0].isascii() or not head[0].isalpha() or not set(head) <= _WORD_CHARS:
+        return None
+    word = head.strip().lower().replace(" ", "-")
     return word if word in SECTION_KINDS else None
 
 
 def _slug(text: str, taken: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:48] or "section"
+    base = re.sub(r"[^A-Za-z0-9]+", "-", text[:200]).strip("-").lower()[:48] or "section"
     if not base[0].isalnum():
         base = "s" + base
     name, n = base, 1
@@ -113,23 +136,45 @@ def _slug(text: str, taken: set[str]) -> str:
 
 def _open(path: Path) -> Any:
     """mido reads text as latin-1 so the raw bytes survive for :func:`decode_texts`; out-of-range data
-    bytes (a common writer bug) are clipped rather than refused."""
+    bytes (a common writer bug) are clipped rather than refused. The bytes are read once, bounded
+    (a file that grows after the size check cannot make the bridge read more)."""
+    import io
+
     import mido
 
     try:
-        return mido.MidiFile(str(path), charset="latin1", clip=True)
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_MIDI_FILE + 1)
+    except OSError as exc:
+        raise BridgeError(f"cannot read MIDI file {path.name}: {exc}", 404) from exc
+    if len(data) > MAX_MIDI_FILE:
+        raise BridgeError(f"MIDI file {path.name} is larger than {MAX_MIDI_FILE} bytes", 413)
+    try:
+        return mido.MidiFile(file=io.BytesIO(data), charset="latin1", clip=True)
     except Exception as exc:  # mido raises OSError, EOFError, ValueError, KeyError, IndexError... on bad files
         raise BridgeError(f"{path.name} is not a readable MIDI file: {type(exc).__name__}: {exc}") from exc
 
 
+def _too_many(path: Path, what: str, count: int, limit: int) -> BridgeError:
+    return BridgeError(f"{path.name}: {count} {what} exceed the limit of {limit}; nothing was applied", 413)
+
+
 def read_midi_file(path: str | Path) -> MidiPlan:
-    """Read sections, lyrics, tempo map, time signature and cues from a Standard MIDI File."""
+    """Read sections, lyrics, tempo map, time signature and cues from a Standard MIDI File.
+
+    Only reads: the whole file is parsed and every limit checked before anything is applied, so a
+    file the bridge refuses leaves the session as it was.
+    """
     path = Path(path)
     if not path.is_file():
         raise BridgeError(f"MIDI file {path} does not exist", 404)
     if path.stat().st_size > MAX_MIDI_FILE:
         raise BridgeError(f"MIDI file {path} is larger than {MAX_MIDI_FILE} bytes", 413)
     mid = _open(path)
+    if mid.type not in (0, 1, 2):
+        raise BridgeError(f"{path.name}: MIDI file type {mid.type} is not 0, 1 or 2 (a damaged header)")
+    if not mid.tracks:
+        raise BridgeError(f"{path.name}: the MIDI file has no tracks (a header alone, or a damaged file); nothing was applied")
     if mid.type == 2:
         raise BridgeError(f"{path.name}: type 2 MIDI files (independent patterns) have no common timeline")
     if not mid.ticks_per_beat or mid.ticks_per_beat <= 0:
@@ -139,6 +184,7 @@ def read_midi_file(path: str | Path) -> MidiPlan:
     meters: list[tuple[float, int, int]] = []
     raw: list[tuple[float, int, str, bytes]] = []
     end_tick = 0
+    markers_seen = 0
     for index, track in enumerate(mid.tracks):
         tick = 0
         for msg in track:
@@ -147,6 +193,14 @@ def read_midi_file(path: str | Path) -> MidiPlan:
             if not msg.is_meta:
                 continue
             beat = tick / tpb
+            if msg.type in ("marker", "cue_marker"):
+                markers_seen += 1
+                if markers_seen > MAX_MIDI_MARKERS:
+                    raise _too_many(path, "markers and cue markers", markers_seen, MAX_MIDI_MARKERS)
+            if len(raw) >= MAX_MIDI_TEXT_EVENTS:
+                raise _too_many(path, "text events", len(raw) + 1, MAX_MIDI_TEXT_EVENTS)
+            if len(tempos) + len(meters) >= MAX_MIDI_GRID_CHANGES:
+                raise _too_many(path, "tempo and meter changes", len(tempos) + len(meters) + 1, MAX_MIDI_GRID_CHANGES)
             if msg.type == "set_tempo":
                 if msg.tempo > 0:
                     tempos.append((beat, 60_000_000.0 / msg.tempo))
@@ -160,6 +214,9 @@ def read_midi_file(path: str | Path) -> MidiPlan:
                 raw.append((beat, index, msg.type, msg.text.encode("latin-1", errors="replace")))
             elif msg.type in _NAME_TYPES:
                 raw.append((beat, index, msg.type, msg.name.encode("latin-1", errors="replace")))
+    if end_tick == 0 and not raw and not tempos and not meters:
+        raise BridgeError(f"{path.name}: the MIDI file holds no events (no tempo, meter, markers or lyrics); "
+                          "nothing was applied")
     texts, encoding = decode_texts([r[3] for r in raw])
     events = sorted((_Text(b, i, t, s) for (b, i, t, _), s in zip(raw, texts)), key=lambda e: e.beat)
     tempo_map = TempoMap.from_changes(tempos, meters)
@@ -169,6 +226,9 @@ def read_midi_file(path: str | Path) -> MidiPlan:
     markers = [(e.beat, e.text.strip()) for e in events if e.type == "marker" and e.text.strip()]
     cues = [(e.beat, e.text.strip()) for e in events if e.type == "cue_marker" and e.text.strip()]
     lyrics = _lyric_syllables(events, karaoke=path.suffix.lower() == ".kar")
+    jobs = sum(1 for _, text in cues if _cue(text)[0] in ("generate", "song"))
+    if jobs > MAX_CUE_JOBS:
+        raise _too_many(path, "generate cues", jobs, MAX_CUE_JOBS)
     plan = MidiPlan(str(path), bpm, tempo_map, (num, den), [], cues, length, encoding)
     plan.sections = _sections(markers, lyrics, length, tempo_map)
     plan.syllables = len(lyrics)
@@ -295,14 +355,24 @@ def _join_syllables(syllables: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _cue(text: str) -> tuple[str, str]:
+    """A cue marker as ``(command, argument)``: ``style: pop`` -> ``("style", "pop")``."""
+    command, _, arg = text.partition(":")
+    return command.strip().lower(), arg.strip()
+
+
 def apply_midi_plan(bridge: Any, plan: MidiPlan, *, merge: bool = False, job_prefix: str = "midi") -> MidiImport:
-    """Make ``plan`` the session's grid, sections and lyrics, then run its cues.
+    """Make ``plan`` the session's grid, sections and lyrics, then run its cues, all or nothing.
 
     By default the plan replaces the sections and lyrics there were (a second import must not pile
     stale sections on the first); ``merge`` keeps them and overwrites same-named ones. Everything is
-    checked on a scratch copy first, so a file the session cannot take changes nothing.
+    checked on a scratch copy first; the session is changed and the cue jobs submitted under the
+    bridge's lock, and if a job cannot be queued (queue full) the session is put back and the jobs
+    already queued are cancelled, so a file the session cannot take changes nothing.
     Cues: ``style: TEXT`` sets the style; ``generate`` (or ``song``) starts a whole-song job.
     """
+    from dr2studio.bridge.core import BridgeJob
+
     current = bridge.require_session()
     scratch = Session(project=current.project, daw=current.daw)
     if merge:
@@ -315,29 +385,48 @@ def apply_midi_plan(bridge: Any, plan: MidiPlan, *, merge: bool = False, job_pre
     for sec in plan.sections:
         scratch.define_section(sec.sec_id, sec.kind, sec.start_beats, sec.length_beats)
         scratch.set_lyrics(sec.sec_id, sec.lyrics)
+    style: str | None = None
+    generate = 0
+    for _, text in plan.cues:
+        command, arg = _cue(text)
+        if command == "style" and arg:
+            if len(arg) > 1000:
+                raise BridgeError(f"{Path(plan.source).name}: style cue of {len(arg)} characters; the limit is 1000")
+            style = arg
+        elif command in ("generate", "song"):
+            generate += 1
+        else:
+            log.warning("%s: cue %r is not a command (style: TEXT, generate)", plan.source, text[:80])
+    if generate > MAX_CUE_JOBS:
+        raise BridgeError(f"{Path(plan.source).name}: {generate} generate cues; the limit is {MAX_CUE_JOBS}", 413)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(plan.source).stem)[:40]
+    fields = ("bpm", "timesig", "tempo_map", "sections", "lyrics", "chunks", "style")
 
-    def adopt(session: Session) -> None:
+    def adopt(session: Session) -> list[str]:
+        before = {name: getattr(session, name) for name in fields}
         session.bpm, session.timesig = scratch.bpm, scratch.timesig
         session.tempo_map = None if plan.tempo_map.is_constant else plan.tempo_map
-        session.sections, session.lyrics = scratch.sections, scratch.lyrics
-        session.chunks.clear()
+        session.sections, session.lyrics, session.chunks = scratch.sections, scratch.lyrics, {}
+        if style is not None:
+            session.style = style
+        jobs: list[str] = []
+        try:
+            for _ in range(generate):
+                job_id = f"{job_prefix}-{stem}-{uuid.uuid4().hex[:8]}"
+                bridge.submit(job_id, BridgeJob("song"))
+                jobs.append(job_id)
+        except BaseException:
+            for name, value in before.items():
+                setattr(session, name, value)
+            for job_id in jobs:
+                try:
+                    bridge.cancel(job_id)
+                except BridgeError:
+                    pass  # already over
+            raise
+        return jobs
 
-    bridge.update_session(adopt)
-    jobs = []
-    for _, text in plan.cues:
-        command, _, arg = text.partition(":")
-        command = command.strip().lower()
-        if command == "style" and arg.strip():
-            bridge.set_style(arg.strip())
-        elif command in ("generate", "song"):
-            from dr2studio.bridge.core import BridgeJob
-
-            stem = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(plan.source).stem)[:40]
-            job_id = f"{job_prefix}-{stem}-{uuid.uuid4().hex[:8]}"
-            bridge.submit(job_id, BridgeJob("song"))
-            jobs.append(job_id)
-        else:
-            log.warning("%s: cue %r is not a command (style: TEXT, generate)", plan.source, text)
+    jobs = bridge.update_session(adopt)
     return MidiImport(Path(plan.source).name, plan, jobs, merge)
 
 

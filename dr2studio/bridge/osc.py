@@ -4,10 +4,20 @@
   in the order it sent them (``lyrics/set`` before ``gen/song``); requests are quick because jobs run
   in the bridge's queue. Datagrams up to 64 KiB are read, so an oversize one gets an error reply
   instead of python-osc's silent drop.
-- TCP connections each get a thread; framing is detected from the first byte (SLIP, OSC 1.1, when it
-  is ``0xC0``; otherwise the 4-byte length prefix of OSC 1.0) and replies use the same framing.
-- Messages go through a python-osc :class:`~pythonosc.dispatcher.Dispatcher` (``strict_timing=False``:
-  bundle time tags never make the server sleep) whose default handler answers unknown addresses.
+- TCP connections each get a reader thread, up to :data:`MAX_TCP_CONNECTIONS`; framing is detected
+  from the first byte (SLIP, OSC 1.1, when it is ``0xC0``; otherwise the 4-byte length prefix of
+  OSC 1.0) and replies use the same framing. A connection that neither sends nor receives anything
+  for :data:`TCP_IDLE_TIMEOUT_S` is closed (a quiet subscriber keeps it with ``/dr2/ping``).
+- Nothing here ever blocks on a client: UDP replies are sent with ``MSG_DONTWAIT`` and each TCP
+  connection has its own bounded :class:`~dr2studio.bridge.outbox.Outbox`; a client that stops
+  reading loses events and, after :data:`SEND_STALL_S`, its connection. A reply too large for a
+  datagram is replaced by an error that points to TCP.
+- OSC argument types python-osc does not read (``c``, ``S``, ``I``, ...) are refused by name before
+  the packet is parsed (python-osc would skip them and misread the rest).
+- Packets are parsed by python-osc; each message (bundles in order, their time tags never make the
+  server sleep) goes to the route of its exact address. OSC address patterns (``*?[]{}``) are refused:
+  python-osc's dispatcher turns them into regular expressions compiled from client text, a
+  backtracking and cache-growth hazard, and a pattern could fire many commands at once.
   Unparseable packets, wrong argument types and handler failures are answered with
   ``/dr2/error s:address s:message`` and never stop the server.
 
@@ -16,19 +26,22 @@ subscribers; job events go to the subscribers (``/dr2/subscribe``).
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import select
 import socket
 import socketserver
 import struct
 import threading
+import time
 from typing import Any, Callable
 
 from pythonosc import osc_packet
-from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message_builder import build_msg
 
 from dr2studio.bridge.core import Bridge, BridgeJob
+from dr2studio.bridge.outbox import Outbox
 from dr2studio.bridge.paths import PathError
 from dr2studio.bridge.session import BridgeError
 
@@ -40,6 +53,19 @@ DEFAULT_PORT = 7100
 MAX_UDP_BYTES = 32 * 1024
 MAX_TCP_BYTES = 1024 * 1024
 MAX_SUBSCRIBERS = 32
+#: Open OSC TCP connections at once; one more is answered with an error and closed.
+MAX_TCP_CONNECTIONS = 16
+#: A TCP connection with no traffic either way for this long is closed.
+TCP_IDLE_TIMEOUT_S = 600.0
+#: Events waiting for one TCP client (frames / bytes); beyond, new ones are dropped for that client.
+OUTBOX_FRAMES = 512
+OUTBOX_BYTES = 4 * 1024 * 1024
+#: A TCP client that takes no bytes for this long while events wait is disconnected.
+SEND_STALL_S = 10.0
+#: Nested bundles deeper than this are refused.
+MAX_BUNDLE_DEPTH = 8
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_PATTERN_CHARS = "*?[]{}"
 _SLIP_END, _SLIP_ESC, _SLIP_ESC_END, _SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 
 
@@ -69,10 +95,60 @@ def _unslip(frame: bytes) -> bytes:
     return bytes(out)
 
 
+#: OSC type tags python-osc decodes; any other tag is refused by name (python-osc would skip it
+#: without consuming its bytes and misread the arguments after it).
+_READ_TYPES = frozenset("ihfdsbrmtTFN[]")
+_TYPE_NAMES = {"c": "char", "S": "symbol", "I": "Infinitum (impulse)"}
+_TYPE_HINT = {"c": "send it as 's' (a one-character string) or 'i'", "S": "send it as 's'",
+              "I": "send 'i' 1, or no argument"}
+
+
+def _odd_type(data: bytes, depth: int = 0) -> tuple[str, str] | None:
+    """``(address, message)`` for the first argument of a type the bridge cannot read, in a message or
+    any bundle inside; ``None`` when all types are readable (malformed packets are left to the parser)."""
+    if data.startswith(b"#bundle\x00"):
+        if depth >= MAX_BUNDLE_DEPTH:
+            return "<packet>", f"bundles nested more than {MAX_BUNDLE_DEPTH} deep"
+        i = 16
+        while i + 4 <= len(data):
+            (size,) = struct.unpack(">i", data[i:i + 4])
+            i += 4
+            if size <= 0 or i + size > len(data):
+                return None
+            found = _odd_type(data[i:i + size], depth + 1)
+            if found is not None:
+                return found
+            i += size
+        return None
+    end = data.find(b"\x00")
+    if end <= 0:
+        return None
+    address = data[:end].decode("utf-8", "replace")
+    start = (end // 4 + 1) * 4
+    if data[start:start + 1] != b",":
+        return None
+    tag_end = data.find(b"\x00", start)
+    tags = data[start + 1:tag_end if tag_end >= 0 else len(data)].decode("latin-1")
+    position = 0
+    for tag in tags:
+        if tag not in "[]":
+            position += 1
+        if tag not in _READ_TYPES:
+            name = _TYPE_NAMES.get(tag, "not an OSC 1.0/1.1 type")
+            hint = _TYPE_HINT.get(tag, "use i, f, s, b, h, d, T, F or N")
+            return address, (f"{address}: argument {position} has OSC type '{tag}' ({name}), which the bridge "
+                             f"does not read; {hint}")
+    return None
+
+
 # ------------------------------------------------------------------------------------------- routes
 
 def _type_name(value: Any) -> str:
-    return {bool: "T/F", int: "i", float: "f", str: "s", bytes: "b"}.get(type(value), type(value).__name__)
+    if value is None:
+        return "N"
+    if isinstance(value, list):
+        return "[array]"
+    return {bool: "T/F", int: "i", float: "f", str: "s", bytes: "b", tuple: "m/t"}.get(type(value), type(value).__name__)
 
 
 def _coerce(value: Any, code: str) -> Any:
@@ -169,15 +245,22 @@ class OscServer:
     """
 
     def __init__(self, bridge: Bridge, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, tcp: bool = True,
-                 max_udp_bytes: int = MAX_UDP_BYTES, max_tcp_bytes: int = MAX_TCP_BYTES) -> None:
+                 max_udp_bytes: int = MAX_UDP_BYTES, max_tcp_bytes: int = MAX_TCP_BYTES,
+                 max_tcp_connections: int = MAX_TCP_CONNECTIONS, idle_timeout: float = TCP_IDLE_TIMEOUT_S,
+                 send_stall_s: float = SEND_STALL_S, outbox_frames: int = OUTBOX_FRAMES,
+                 outbox_bytes: int = OUTBOX_BYTES) -> None:
+        if max_tcp_connections < 1 or idle_timeout <= 0 or send_stall_s <= 0 or outbox_frames < 1 or outbox_bytes < 1:
+            raise ValueError("OSC limits must be positive: max_tcp_connections, idle_timeout, send_stall_s, "
+                             f"outbox_frames, outbox_bytes = {max_tcp_connections}, {idle_timeout}, {send_stall_s}, "
+                             f"{outbox_frames}, {outbox_bytes}")
         self.bridge = bridge
         self.max_udp_bytes, self.max_tcp_bytes = max_udp_bytes, max_tcp_bytes
+        self.max_tcp_connections, self.idle_timeout, self.send_stall_s = max_tcp_connections, idle_timeout, send_stall_s
+        self.outbox_frames, self.outbox_bytes = outbox_frames, outbox_bytes
+        self._conns: set[_TcpConnection] = set()
+        self._conns_lock = threading.Lock()
         self.midi_import: Callable[[str, bool], Any] | None = None
         self._routes = _routes(self)
-        self.dispatcher = Dispatcher(strict_timing=False)
-        for address, route in self._routes.items():
-            self.dispatcher.map(address, self._invoke, route, needs_reply_address=True)
-        self.dispatcher.set_default_handler(self._unknown, needs_reply_address=True)
         self._subs_lock = threading.Lock()
         self._udp_subs: list[tuple[str, int]] = []
         self._tcp_subs: list[_TcpConnection] = []
@@ -226,8 +309,9 @@ class OscServer:
                 srv.shutdown()
                 srv.server_close()
         with self._subs_lock:
-            conns = list(self._tcp_subs)
             self._tcp_subs.clear()
+        with self._conns_lock:
+            conns = list(self._conns)
         for conn in conns:
             conn.close()
         for t in self._threads:
@@ -247,21 +331,33 @@ class OscServer:
             self._reply(sender, "/dr2/error", ["<packet>", f"packet of {len(data)} bytes exceeds the {limit}-byte limit; "
                                                "send long lyrics with /dr2/lyrics/chunk, /dr2/lyrics/file or over TCP"])
             return
+        odd = _odd_type(data)
+        if odd is not None:
+            self._reply(sender, "/dr2/error", list(odd))
+            return
         try:
-            osc_packet.OscPacket(data)
+            messages = [timed.message for timed in osc_packet.OscPacket(data).messages]
         except Exception as exc:  # ParseError, but also odd failures inside the parser on garbage
             self._reply(sender, "/dr2/error", ["<packet>", f"not an OSC message or bundle ({len(data)} bytes): {exc}"])
             return
         self._local.sender = sender
         try:
-            for result in self.dispatcher.call_handlers_for_packet(data, sender.udp or ("tcp", 0)):
-                address, args = result
+            for message in messages:
+                address, args = self._dispatch(message.address, tuple(message.params))
                 self._reply(sender, address, list(args))
         finally:
             self._local.sender = None
 
-    def _invoke(self, client: Any, address: str, fixed: list, *args: Any) -> tuple[str, list] | None:
-        route: _Route = fixed[0]
+    def _dispatch(self, address: str, args: tuple) -> tuple[str, list]:
+        route = self._routes.get(address)
+        if route is None:
+            if any(c in address for c in _PATTERN_CHARS):
+                return ("/dr2/error", [address, f"OSC address patterns ({' '.join(_PATTERN_CHARS)}) are not "
+                                                "supported; send the exact address"])
+            return self._unknown(address)
+        return self._invoke(route, address, args)
+
+    def _invoke(self, route: _Route, address: str, args: tuple) -> tuple[str, list]:
         try:
             result = route.call(*route.parse(address, args))
         except (BridgeError, PathError) as exc:
@@ -273,8 +369,9 @@ class OscServer:
             return result
         return ("/dr2/ack", [address])
 
-    def _unknown(self, client: Any, address: str, *args: Any) -> tuple[str, list]:
-        return ("/dr2/error", [address, f"unknown address {address!r}; known: {', '.join(sorted(self._routes))}"])
+    def _unknown(self, address: str) -> tuple[str, list]:
+        shown = address if len(address) <= 200 else address[:200] + f"... ({len(address)} characters)"
+        return ("/dr2/error", [shown, f"unknown address {shown!r}; known: {', '.join(sorted(self._routes))}"])
 
     # --------------------------------------------------------- subscribers
     def _subscribe(self, host: str | None = None, port: int | None = None) -> None:
@@ -315,21 +412,38 @@ class OscServer:
             if conn in self._tcp_subs:
                 self._tcp_subs.remove(conn)
 
+    def stats(self) -> dict[str, int]:
+        """Open TCP connections, subscribers and events dropped for slow TCP clients (for tests, health)."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        with self._subs_lock:
+            subs = len(self._udp_subs) + len(self._tcp_subs)
+        return {"tcp_connections": len(conns), "subscribers": subs,
+                "queued_bytes": sum(c.outbox.queued_bytes for c in conns),
+                "dropped": sum(c.outbox.dropped for c in conns)}
+
     def _targets(self) -> tuple[list[tuple[str, int]], list["_TcpConnection"]]:
         with self._subs_lock:
             return list(self._udp_subs), list(self._tcp_subs)
 
-    def _send_udp(self, target: tuple[str, int], data: bytes) -> None:
+    def _send_udp(self, target: tuple[str, int], data: bytes, address: str | None = None) -> None:
+        """Send without ever waiting; a message too large for a datagram becomes an error naming TCP."""
         try:
-            self._udp.socket.sendto(data, target)
+            self._udp.socket.sendto(data, _DONTWAIT, target)
         except OSError as exc:
-            log.debug("cannot send to %s: %s", target, exc)
+            if exc.errno == errno.EMSGSIZE and address is not None:
+                where = f"over TCP (port {self.tcp_port})" if self.tcp_port else "over TCP (this bridge has it off)"
+                self._send_udp(target, encode_message("/dr2/error", [
+                    address, f"the {address} message is {len(data)} bytes, more than one UDP datagram holds "
+                             f"here; ask {where}"]))
+            else:  # EAGAIN (full socket buffer), unreachable host: UDP is best effort
+                log.debug("cannot send to %s: %s", target, exc)
 
     def _broadcast(self, address: str, args: list) -> None:
         data = encode_message(address, args)
         udp, tcp = self._targets()
         for target in udp:
-            self._send_udp(target, data)
+            self._send_udp(target, data, address)
         for conn in tcp:
             conn.send(data)
 
@@ -339,12 +453,12 @@ class OscServer:
         if sender.tcp is not None:
             sender.tcp.send(data)
         elif sender.udp is not None:
-            self._send_udp(sender.udp, data)
+            self._send_udp(sender.udp, data, address)
         if address == "/dr2/ack":
             return  # acks are for the sender only
         for target in udp:
             if target != sender.udp:
-                self._send_udp(target, data)
+                self._send_udp(target, data, address)
         for conn in tcp:
             if conn is not sender.tcp:
                 conn.send(data)
@@ -382,27 +496,31 @@ class _UdpHandler(socketserver.BaseRequestHandler):
 
 
 class _TcpConnection:
-    def __init__(self, sock: socket.socket, slip: bool) -> None:
-        self.sock, self.slip = sock, slip
-        self._lock = threading.Lock()
-        self.closed = False
+    """One OSC TCP client: its framing, its bounded outbox and when it was last heard from."""
+
+    def __init__(self, osc: OscServer, sock: socket.socket, slip: bool, peer: str) -> None:
+        self.slip, self.peer = slip, peer
+        self.last_recv = time.monotonic()
+        self.outbox = Outbox(sock, f"OSC TCP client {peer}", max_frames=osc.outbox_frames, max_bytes=osc.outbox_bytes,
+                             stall_timeout=osc.send_stall_s, on_close=lambda _reason: osc._drop_connection(self))
+
+    @property
+    def closed(self) -> bool:
+        return self.outbox.closed
 
     def send(self, data: bytes) -> None:
-        frame = _slip(data) if self.slip else struct.pack("!I", len(data)) + data
-        with self._lock:
-            if self.closed:
-                return
-            try:
-                self.sock.sendall(frame)
-            except OSError:
-                self.closed = True
+        """Queue one message; never blocks (a full outbox drops it for this client only)."""
+        self.outbox.put(_slip(data) if self.slip else struct.pack("!I", len(data)) + data)
 
-    def close(self) -> None:
-        self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    def finish(self, timeout: float = 2.0) -> None:
+        """Let queued replies out (a client that half-closed still reads them), then close."""
+        end = time.monotonic() + timeout
+        while self.outbox.queued_bytes and not self.closed and time.monotonic() < end:
+            time.sleep(0.01)
+        self.close()
+
+    def close(self, reason: str = "closed") -> None:
+        self.outbox.close(reason)
 
 
 class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -412,7 +530,24 @@ class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def __init__(self, address: tuple[str, int], osc: OscServer) -> None:
         self.osc = osc
+        self.active = 0
+        self._active_lock = threading.Lock()
         super().__init__(address, _TcpHandler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # Past twice the cap, refuse without a thread; up to it, the handler answers "too many" in the
+        # client's framing (which it learns from the first byte).
+        with self._active_lock:
+            self.active += 1  # shutdown_request takes it back, for refused connections too
+            if self.active > 2 * self.osc.max_tcp_connections:
+                log.warning("refusing OSC TCP connection from %s: %d open", client_address, self.active - 1)
+                return False
+            return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._active_lock:
+            self.active -= 1
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("TCP connection from %s failed", client_address)
@@ -422,32 +557,67 @@ class _TcpHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         osc: OscServer = self.server.osc  # type: ignore[attr-defined]
         sock: socket.socket = self.request
-        first = sock.recv(1, socket.MSG_PEEK)
+        peer = "%s:%s" % tuple(self.client_address[:2])
+        try:  # the first byte tells the framing; a client that sends nothing is idle from the start
+            readable, _, _ = select.select([sock], [], [], osc.idle_timeout)
+            first = sock.recv(1, socket.MSG_PEEK) if readable else b""
+        except OSError:
+            return
         if not first:
             return
-        conn = _TcpConnection(sock, slip=first[0] == _SLIP_END)
+        conn = _TcpConnection(osc, sock, slip=first[0] == _SLIP_END, peer=peer)
+        with osc._conns_lock:
+            over = len(osc._conns) >= osc.max_tcp_connections
+            if not over:
+                osc._conns.add(conn)
         try:
-            for frame in (self._slip_frames if conn.slip else self._length_frames)(sock, osc.max_tcp_bytes):
+            if over:  # to this client only: the others need not hear about it
+                conn.send(encode_message("/dr2/error", [
+                    "<connection>", f"too many OSC TCP connections (limit {osc.max_tcp_connections}); "
+                                    "close one or use UDP"]))
+                return
+            for frame in (self._slip_frames if conn.slip else self._length_frames)(conn, osc.max_tcp_bytes):
                 if isinstance(frame, str):  # framing error: tell the client, then hang up
                     osc._reply(_Sender(tcp=conn), "/dr2/error", ["<packet>", frame])
                     break
                 osc.handle_packet(frame, _Sender(tcp=conn))
         finally:
+            with osc._conns_lock:
+                osc._conns.discard(conn)
+            conn.finish()
             osc._drop_connection(conn)
-            conn.closed = True
 
-    @staticmethod
-    def _recv(sock: socket.socket) -> bytes:
-        try:
-            return sock.recv(65536)
-        except OSError:
-            return b""
+    def _recv(self, conn: _TcpConnection) -> bytes:
+        """Next bytes from the client; ``b""`` at its end, when closed, or after the idle timeout."""
+        osc: OscServer = self.server.osc  # type: ignore[attr-defined]
+        sock: socket.socket = self.request
+        waiting_since = time.monotonic()  # time spent handling the last frame is not idle time
+        while not conn.closed:
+            quiet = time.monotonic() - max(waiting_since, conn.last_recv, conn.outbox.last_progress)
+            left = osc.idle_timeout - quiet
+            if left <= 0:
+                log.info("closing OSC TCP connection %s: idle for %.0f s (limit %g s)", conn.peer, quiet, osc.idle_timeout)
+                conn.close("idle")
+                return b""
+            try:
+                readable, _, _ = select.select([sock], [], [], min(left, 5.0))
+                if not readable:
+                    continue
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except (OSError, ValueError) as exc:
+                log.debug("OSC TCP connection %s: read failed: %s", conn.peer, exc)
+                return b""
+            conn.last_recv = time.monotonic()
+            return data
+        return b""
 
-    def _length_frames(self, sock: socket.socket, limit: int):
+    def _length_frames(self, conn: _TcpConnection, limit: int):
         buf = b""
         while True:
             while len(buf) < 4:
-                more = self._recv(sock)
+                more = self._recv(conn)
                 if not more:
                     return
                 buf += more
@@ -456,17 +626,17 @@ class _TcpHandler(socketserver.BaseRequestHandler):
                 yield f"TCP frame of {length} bytes exceeds the {limit}-byte limit; closing the connection"
                 return
             while len(buf) < 4 + length:
-                more = self._recv(sock)
+                more = self._recv(conn)
                 if not more:
                     return
                 buf += more
             yield buf[4:4 + length]
             buf = buf[4 + length:]
 
-    def _slip_frames(self, sock: socket.socket, limit: int):
+    def _slip_frames(self, conn: _TcpConnection, limit: int):
         buf = bytearray()
         while True:
-            more = self._recv(sock)
+            more = self._recv(conn)
             if not more:
                 return
             buf += more

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ SECTION_KINDS: dict[str, str] = {
 MAX_SECTION_LYRICS = 8 * 1024  # characters per section
 MAX_TOTAL_LYRICS = 48 * 1024  # characters per song
 MAX_CHUNKS = 256
+#: Sections whose chunked lyrics may be unfinished at once, and how long an unfinished one is kept (seconds).
+MAX_PENDING_CHUNKED = 16
+CHUNK_TTL_S = 60.0
 MAX_SECTIONS = 128
 MAX_BEATS = 100_000.0
 _LRC_STAMP = re.compile(r"\[\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?\]|<\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?>")
@@ -127,6 +131,18 @@ class Session:
     origin_beats: float = 0.0
     autocommit: bool = True
     tempo_map: TempoMap | None = None
+    last_take: str | None = dataclasses.field(default=None, compare=False)
+
+    def snapshot(self) -> "Session":
+        """A copy a queued job renders from, taken when it is submitted.
+
+        Why: jobs run one after another, perhaps after another client changed or switched the session;
+        the job must render the sections, lyrics, style, grid, fx and project it was asked for. The
+        song is shared (never mutated in place); the bridge puts the owner's committed song in at run time.
+        """
+        return dataclasses.replace(
+            self, sections={k: dataclasses.replace(v) for k, v in self.sections.items()},
+            lyrics={k: list(v) for k, v in self.lyrics.items()}, chunks={}, fx=dict(self.fx))
 
     # ---------------------------------------------------------------- grid
     def set_tempo(self, bpm: float) -> None:
@@ -243,9 +259,15 @@ class Session:
             raise BridgeError(f"lyrics chunk {seq}/{total}: need 0 <= seq < total <= {MAX_CHUNKS}")
         if not isinstance(text, str):
             raise BridgeError("lyrics chunk text must be a string")
+        now = time.monotonic()
+        for stale in [k for k, v in self.chunks.items() if now - v["t"] > CHUNK_TTL_S]:
+            del self.chunks[stale]  # a client that never sent the rest: forget it, do not keep it forever
         state = self.chunks.get(sec_id)
+        if state is None and len(self.chunks) >= MAX_PENDING_CHUNKED:
+            raise BridgeError(f"too many unfinished chunked lyrics (limit {MAX_PENDING_CHUNKED} sections, "
+                              f"{CHUNK_TTL_S:g} s each); finish or resend them", 413)
         if state is None or state["total"] != total:
-            state = self.chunks[sec_id] = {"total": total, "parts": {}}
+            state = self.chunks[sec_id] = {"total": total, "parts": {}, "t": now}
         state["parts"][seq] = text
         size = sum(len(p) for p in state["parts"].values())
         if size > MAX_SECTION_LYRICS:

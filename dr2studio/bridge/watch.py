@@ -7,6 +7,7 @@ read half-way. A file is imported again only when it changes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 __all__ = ["WatchFolder", "MIDI_SUFFIXES"]
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+#: Folder entries looked at per poll: a folder flooded with files costs bounded time and memory.
+MAX_WATCH_ENTRIES = 4096
 
 
 class WatchFolder:
@@ -50,7 +53,14 @@ class WatchFolder:
     def _scan(self) -> dict[Path, tuple[int, int]]:
         found: dict[Path, tuple[int, int]] = {}
         try:
-            entries = list(self.folder.iterdir())
+            entries = []
+            with os.scandir(self.folder) as it:
+                for entry in it:
+                    entries.append(Path(entry.path))
+                    if len(entries) >= MAX_WATCH_ENTRIES:
+                        log.warning("watch folder %s holds more than %d entries; only those are looked at",
+                                    self.folder, MAX_WATCH_ENTRIES)
+                        break
         except OSError as exc:
             log.warning("cannot list watch folder %s: %s", self.folder, exc)
             return found
@@ -71,6 +81,9 @@ class WatchFolder:
         """One scan; returns (and hands to ``on_file``) the files that became ready."""
         ready = []
         current = self._scan()
+        # files gone from the folder are forgotten (bounded memory; one put back is imported again)
+        self._seen = {p: sig for p, sig in self._seen.items() if p in current}
+        self._candidates = {p: sig for p, sig in self._candidates.items() if p in current}
         for path, sig in current.items():
             if self._seen.get(path) == sig:
                 continue

@@ -273,13 +273,21 @@ def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def check_output(path: Path) -> Path:
-    """The output's folder must exist, the name must not be a folder, the extension must be audio."""
+    """The output's folder must exist and take new files, the name must not be a folder, the extension
+    must be audio. Checked before the model loads, so a read-only folder costs no render."""
+    from dr2studio.confine import ConfineError, check_writable_dir
+
     if path.is_dir():
         raise click.ClickException(f"output {path} is a folder; give a file name such as {path / 'song.wav'}")
     if path.suffix.lower() not in _AUDIO_OUT:
         raise click.ClickException(f"output {path} must end in one of {', '.join(_AUDIO_OUT)}")
-    if not path.parent.resolve().is_dir():
+    folder = path.parent.resolve()
+    if not folder.is_dir():
         raise click.ClickException(f"output folder {path.parent} does not exist")
+    try:
+        check_writable_dir(folder, "output folder")
+    except ConfineError as exc:
+        raise click.ClickException(str(exc)) from exc
     return path
 
 
@@ -297,8 +305,11 @@ def check_lyrics_file(path: Path) -> Path:
     """An existing lyrics file with at least one line or tag (parsed now, tokenised after the model loads)."""
     from dr2studio.lyrics import parse_lyrics_file
 
+    if path.is_dir():
+        raise click.ClickException(f"{path} is a folder, not a lyrics file")
     if not path.is_file():
-        raise click.ClickException(f"lyrics file not found: {path}")
+        kind = "not a regular file" if path.exists() else "not found"
+        raise click.ClickException(f"lyrics file {kind}: {path}")
     doc = parse_lyrics_file(path)
     if not any(s.lines or s.tag for s in doc.sections):
         raise click.ClickException(f"lyrics file {path} is empty")
@@ -417,7 +428,13 @@ def prepare_edit(song_path: Path, lyrics_path: Path, style_text: str | None, sty
 
 
 def announce_encoding(song: Any, studio: Any, source: Path, quiet: bool) -> None:
-    """Say on stderr how a song without a sidecar becomes latents, and roughly how long that takes."""
+    """Say on stderr, once and before the progress bar, how the song becomes latents: a sidecar from
+    another model (continued as it is, or not used), or no sidecar (encoded, and roughly how long)."""
+    if song.has_latents and song.model and song.model != studio.fingerprint:
+        used = song.sample_rate == studio.sample_rate and song.latents.shape[-1] == int(studio.dit.config.mel_dim)
+        what = "its latents are continued as they are" if used else "the audio is encoded instead"
+        click.echo(f"dr2studio: warning: {source.name}'s sidecar was rendered by model {song.model}, not "
+                   f"{studio.fingerprint}; {what}", err=True)
     if quiet or song.has_latents:
         return
     if (studio.model_dir / "encoder.json").is_file():

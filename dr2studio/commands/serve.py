@@ -47,6 +47,9 @@ def serve(model, replicas, num_gpus, num_cpus, host, port, address, style_embedd
     args = {"model": str(local.resolve()) if local.is_dir() else model, "num_replicas": replicas, "num_gpus": num_gpus,
             "num_cpus": num_cpus, "max_pending": max_pending, "dtype": dtype,
             "style_embedding": str(style_embedding.resolve()) if style_embedding else None}
+    # the body limit at Serve's proxy (it buffers bodies before any replica sees them): the local Ray
+    # instance started here inherits it; a cluster at --address needs the same variable set by its operator
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "dr2studio.serve_proxy.proxy_middlewares")
     ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

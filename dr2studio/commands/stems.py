@@ -23,6 +23,8 @@ Ableton takes go to DIR/Samples/Imported/dr2/<take>/, Reaper takes to the projec
 DIR/dr2studio.json lists every take: files, timeline position (position_seconds), rate, lyrics, seed,
 settings and per-stem loudness (target and measured); its fields are described in docs/manifest.md.
 An effect that cannot run at the project rate (an EQ band above Nyquist) is skipped and noted there.
+Nothing is written outside DIR: a link inside it that leads out (dr2/, Samples/, Media/, dr2studio.json)
+is refused, and a read-only DIR is reported before any rendering starts.
 """
 
 
@@ -51,13 +53,14 @@ def stems(song_path: Path, project: Path, daw: str, preset: str, separate: bool,
           sample_rate: int | None, lufs: float | None, position: float, take: str | None, quiet: bool,
           as_json: bool) -> None:
     """Render SONG into the project folder DIR as 24-bit WAV stems and record the take in DIR/dr2studio.json."""
-    from dr2studio.audio.daw import project_layout
+    from dr2studio.audio.daw import check_project_writable, project_layout
     from dr2studio.audio.effects import load_preset
     from dr2studio.audio.stems import export_stems, load_separator
     from dr2studio.song import Song
 
     check_input_audio(song_path)
-    layout = project_layout(project, daw)  # a file, or an unreadable manifest, fails here
+    layout = project_layout(project, daw)  # a file, an unreadable manifest, or a link out of DIR fails here
+    check_project_writable(layout)  # a read-only project fails now, not after separation and effects
     chosen = load_preset(preset)
     if separator_weights is not None and not separator_weights.is_file():
         raise click.ClickException(f"--separator-weights file not found: {separator_weights}")

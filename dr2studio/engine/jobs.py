@@ -111,6 +111,9 @@ _STATUS: dict[ErrorCode, int] = {
 }
 
 
+#: Finished jobs whose result songs stay in memory (a 4-minute 48 kHz stereo song is ~90 MB as float32).
+KEEP_RESULTS = 16
+
 class JobError(RuntimeError):
     """A job was refused or failed; the message says why and ``code`` (an :class:`ErrorCode`) what kind."""
 
@@ -190,6 +193,9 @@ class Job:
         self.result: Any = None
         self.error: str | None = None
         self.error_code: ErrorCode | None = None
+        self._delivered = False  # a listener saw it end, or wait() returned the song: it may be dropped later
+        self._released = False  # the result song was dropped to bound memory (see JobQueue keep_results)
+        self._released_length: dict[str, Any] | None = None
         self._listeners: list[EventCallback] = []
         self._cancel = threading.Event()
         self._finished = threading.Event()
@@ -219,12 +225,28 @@ class Job:
             raise JobCancelled(f"job {self.id} was cancelled")
         if self.state == JobState.FAILED:
             raise JobError(f"job {self.id} failed: {self.error}", self.error_code)
+        if self._released:
+            raise JobError(f"job {self.id} is done, but its song is no longer kept (the engine keeps only the "
+                           "newest delivered results; the song was delivered when the job ended)", ErrorCode.NOT_FOUND)
+        self._delivered = True
         return self.result
 
     @property
     def length(self) -> dict[str, Any] | None:
         """The result's requested vs delivered seconds and why (``settings["length"]``); None before it is done."""
-        return result_length(self.result)
+        return self._released_length if self._released else result_length(self.result)
+
+    def release(self) -> None:
+        """Drop the result song and the input song of a finished, delivered job (its id, state and length
+        stay), so that a long session's finished jobs do not hold every song in memory. A result nobody
+        has received yet (no listener, no :meth:`wait`) is kept."""
+        with self._lock:
+            if not self._finished.is_set() or self._released or not self._delivered:
+                return
+            self._released_length = result_length(self.result)
+            self._released = self.result is not None
+            self.result = None
+            self.song = None
 
     def _emit(self, event: JobEvent) -> None:
         with self._lock:
@@ -250,6 +272,8 @@ class Job:
             length = result_length(result)
             reason = (length or {}).get("reason") or ""
             self._emit(JobEvent(self.id, EventType.DONE, 1.0, "done", message=reason, length=length))
+            with self._lock:
+                self._delivered = self._delivered or bool(self._listeners)  # they had their chance to take it
         else:
             kind = EventType.CANCELLED if self.state == JobState.CANCELLED else EventType.ERROR
             self._emit(JobEvent(self.id, kind, message=error or "", code=code))
@@ -297,17 +321,20 @@ class JobQueue:
 
     ``max_pending`` bounds the jobs waiting to start (running ones do not count); a submit beyond it
     raises :class:`QueueFull` instead of piling up work nobody will wait for. Finished jobs are kept
-    (the newest ``history``) so that ids stay idempotent and results can be fetched. A runner's
+    (the newest ``history``) so that ids stay idempotent; of the results already delivered (to a
+    listener when the job ended, or through :meth:`Job.wait`) only the newest ``keep_results`` keep
+    their songs (an older one's :meth:`Job.wait` says its song is no longer kept), so memory stays bounded. A runner's
     exception ends the job ``failed`` with the code it carries (:func:`error_code_of`).
     """
 
     def __init__(self, runner: Runner, *, workers: int = 1, max_pending: int = 8, history: int = 256,
-                 name: str = "dr2-job") -> None:
+                 keep_results: int = KEEP_RESULTS, name: str = "dr2-job") -> None:
         if workers < 1 or max_pending < 0:
             raise ValueError(f"workers={workers} must be >= 1 and max_pending={max_pending} >= 0")
         self._runner = runner
         self._max_pending = max_pending
         self._history = history
+        self._keep_results = max(0, keep_results)
         self._pending: collections.deque[Job] = collections.deque()
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._cond = threading.Condition()
@@ -405,6 +432,9 @@ class JobQueue:
             if not oldest.finished:
                 break
             del self._jobs[oldest_id]
+        delivered = [job for job in self._jobs.values() if job.finished and job._delivered and not job._released]
+        for job in delivered[: max(0, len(delivered) - self._keep_results)]:
+            job.release()  # ids stay idempotent; only the newest results keep their songs in memory
 
     def _work(self) -> None:
         while True:

@@ -8,19 +8,20 @@ import numpy as np
 
 from dr2studio.engine.base import QueueEngine
 from dr2studio.engine.jobs import Job, JobContext, JobQueue
-from dr2studio.requests import GenerateRequest, InfillRequest
+from dr2studio.requests import GenerateRequest, InfillRequest, PlainText
 
 __all__ = ["LocalEngine", "run_studio_job"]
 
 
 def _request_style(style: str | None, embedding: list[float] | None, default: Any) -> Any:
-    """The request's embedding, else its text prompt, else the engine's default embedding."""
+    """The request's embedding, else its text prompt (as :class:`~dr2studio.requests.PlainText`: a job's
+    style is data, never a server file such as ``style.npy``), else the engine's default embedding."""
     if embedding is not None:
         import torch
 
         return torch.tensor(embedding, dtype=torch.float32)
     if style:
-        return style
+        return PlainText(style)
     return default
 
 
@@ -52,9 +53,11 @@ def run_studio_job(studio: Any, job: Job, ctx: JobContext, default_style: Any = 
         offset = sample
 
     ctx.progress(0.0, "start")
-    # Studio.run resolves the conditions (tokens, style, tempo, seed) in its one place, as for every door
+    # Studio.run resolves the conditions (tokens, style, tempo, seed) in its one place, as for every door.
+    # A job's lyrics are data (they may come from the network): PlainText is never opened as a .lrc/.txt file.
     return studio.run(req, None if isinstance(req, GenerateRequest) else job.song, progress=on_progress,
-                      on_audio=None if isinstance(req, InfillRequest) else on_audio, on_splice=on_splice, style=style)
+                      on_audio=None if isinstance(req, InfillRequest) else on_audio, on_splice=on_splice,
+                      lyrics=PlainText(req.lyrics), style=style)
 
 
 def _progress_args(args: tuple, kwargs: dict) -> tuple[float, str]:

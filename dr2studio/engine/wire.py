@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import enum
 import io
+import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 from dr2studio.config import ConfigError, JsonConfig
 from dr2studio.engine.jobs import ErrorCode, EventType, JobCancelled, JobContext, JobError, JobEvent
 from dr2studio.requests import (
+    MAX_SONG_BYTES,
+    MAX_SONG_MEMBERS,
     DEFAULT_CFG_STRENGTH,
     DEFAULT_CROSSFADE,
     DEFAULT_EXTEND_SECONDS,
@@ -68,8 +71,9 @@ class JobRequest(JsonConfig):
 
     ``kind``: ``generate`` (``duration`` seconds from scratch; ``full_length`` holds the song's end off
     until then; ``stereo`` widens it), ``extend`` (``seconds`` more after the given song; ``None``: the
-    default 30) or ``infill`` (regenerate ``[start, end)`` seconds of the given song). ``style`` is a
-    text prompt; ``style_embedding`` a 512-float vector that wins over it. ``tempo`` (bpm) drives a
+    default 30) or ``infill`` (regenerate ``[start, end)`` seconds of the given song). ``lyrics`` is the
+    text to sing and ``style`` a text prompt, both data only (never read as a file on the machine that
+    renders: a job may come from the network); ``style_embedding`` a 512-float vector that wins over it. ``tempo`` (bpm) drives a
     model's tempo clock; by default the tempo the ``style`` text states. ``steps``, ``cfg_strength``,
     ``seed``: the sampling. ``instrumental``: sing no line. Extend and infill: ``crossfade`` seconds,
     ``match_level`` (bring the new audio to the level of the audio it joins), ``inversion_steps``.
@@ -162,44 +166,105 @@ def song_to_bytes(song: Any) -> bytes:
         return buf.getvalue()
 
 
-def song_from_bytes(blob: bytes) -> Any:
-    """Inverse of :func:`song_to_bytes`. Member names with folders are refused (no zip-slip)."""
+def song_from_bytes(blob: bytes, *, max_bytes: int = MAX_SONG_BYTES, max_members: int = MAX_SONG_MEMBERS) -> Any:
+    """Inverse of :func:`song_to_bytes`, bounded: the archive comes from the network.
+
+    Member names with folders are refused (no zip-slip); more than ``max_members`` members, or members
+    that declare (or, inflating, turn out to hold) more than ``max_bytes`` together, are refused with
+    :attr:`ErrorCode.TOO_LARGE` before or while they are written, never after a zip bomb has inflated.
+    An archive or audio that cannot be read is :attr:`ErrorCode.BAD_REQUEST`.
+    """
     from dr2studio.song import Song
 
     try:
         zf = zipfile.ZipFile(io.BytesIO(blob))
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
         raise JobError(f"song payload is not a song archive: {exc}", ErrorCode.BAD_REQUEST) from exc
     with zf, tempfile.TemporaryDirectory(prefix="dr2-song-") as tmp:
-        names = zf.namelist()
+        infos = zf.infolist()
+        if len(infos) > max_members:
+            raise JobError(f"song payload has {len(infos)} members; the limit is {max_members}", ErrorCode.TOO_LARGE)
+        names = [info.filename for info in infos]
         if "song.wav" not in names:
             raise JobError("song payload has no song.wav", ErrorCode.BAD_REQUEST)
+        if len(set(names)) != len(names):
+            raise JobError("song payload names a member twice", ErrorCode.BAD_REQUEST)
         for name in names:
-            if "/" in name or "\\" in name or name.startswith("."):
+            if "/" in name or "\\" in name or name.startswith(".") or "\0" in name or not name:
                 raise JobError(f"song payload member {name!r} is not a plain file name", ErrorCode.BAD_REQUEST)
-            (Path(tmp) / name).write_bytes(zf.read(name))
-        return Song.load(Path(tmp) / "song.wav")
+        declared = sum(info.file_size for info in infos)
+        if declared > max_bytes:
+            raise JobError(f"song payload would inflate to {declared} bytes; the limit is {max_bytes}",
+                           ErrorCode.TOO_LARGE)
+        budget = max_bytes
+        try:
+            for info in infos:
+                budget -= _extract_capped(zf, info, Path(tmp) / info.filename, budget, max_bytes)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError,
+                ValueError, OSError) as exc:  # corrupt data, an unknown method, an encrypted member
+            raise JobError(f"song payload is not a readable song archive: {exc}", ErrorCode.BAD_REQUEST) from exc
+        try:
+            return Song.load(Path(tmp) / "song.wav")
+        except JobError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the audio or sidecar reader says, it is the sender's data
+            detail = str(exc).replace(f"{tmp}{os.sep}", "")  # the server's scratch folder is not the sender's business
+            raise JobError(f"song payload is not a readable song: {type(exc).__name__}: {detail}",
+                           ErrorCode.BAD_REQUEST) from exc
+
+
+_CHUNK = 1 << 20
+
+
+def _extract_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: int, limit: int) -> int:
+    """Stream one member to ``dest`` in 1 MiB chunks; :class:`JobError` TOO_LARGE once ``budget`` is spent
+    (a member whose header understates its size stops here, not in memory). Returns the bytes written."""
+    written = 0
+    with zf.open(info) as src, open(dest, "wb") as out:
+        while True:
+            chunk = src.read(min(_CHUNK, budget - written + 1))
+            if not chunk:
+                return written
+            written += len(chunk)
+            if written > budget:
+                raise JobError(f"song payload inflates past {limit} bytes", ErrorCode.TOO_LARGE)
+            out.write(chunk)
 
 
 # ------------------------------------------------------------------------------------------- payload
 
-def parse_payload(payload: Any) -> tuple[JobRequest, Any]:
+def parse_payload(payload: Any, *, max_song_bytes: int = MAX_SONG_BYTES) -> tuple[JobRequest, Any]:
     """Request + optional input song from a ``{"request": {...}, "song": base64 | null}`` body.
 
-    Anything wrong raises :class:`JobError` with :attr:`ErrorCode.BAD_REQUEST` naming it.
+    Anything wrong raises :class:`JobError` naming the field: :attr:`ErrorCode.BAD_REQUEST` for a wrong
+    type or value (never a 500: a client's mistake is not the server's failure), :attr:`ErrorCode.TOO_LARGE`
+    for a song archive over its limits. Lyrics and style are data only (see :class:`~dr2studio.requests.PlainText`).
     """
-    if not isinstance(payload, dict) or not isinstance(payload.get("request"), dict):
-        raise JobError("body must be a JSON object with a 'request' object", ErrorCode.BAD_REQUEST)
+    if not isinstance(payload, dict):
+        raise JobError(f"body must be a JSON object with a 'request' object, got {_json_type(payload)}",
+                       ErrorCode.BAD_REQUEST)
+    if not isinstance(payload.get("request"), dict):
+        raise JobError(f"'request' must be a JSON object, got {_json_type(payload.get('request'))}",
+                       ErrorCode.BAD_REQUEST)
     try:
         request = JobRequest.from_dict(payload["request"])
     except (RequestError, ConfigError) as exc:
         raise JobError(str(exc), ErrorCode.BAD_REQUEST) from exc
+    except (TypeError, ValueError, OverflowError, AttributeError) as exc:  # a type the checks did not foresee
+        raise JobError(f"request has a value of the wrong type: {exc}", ErrorCode.BAD_REQUEST) from exc
     song = None
-    if payload.get("song") is not None:
+    raw = payload.get("song")
+    if raw is not None:
+        if not isinstance(raw, str):
+            raise JobError(f"'song' must be base64 text, got {_json_type(raw)}", ErrorCode.BAD_REQUEST)
+        if len(raw) > (max_song_bytes + 2) // 3 * 4 + 4:  # base64 of the largest archive; refuse before decoding
+            raise JobError(f"'song' holds {len(raw)} base64 characters; the limit is {max_song_bytes} bytes",
+                           ErrorCode.TOO_LARGE)
         try:
-            song = song_from_bytes(base64.b64decode(payload["song"], validate=True))
-        except (JobError, ValueError, TypeError) as exc:
-            raise JobError(f"'song' is not a base64 song archive: {exc}", ErrorCode.BAD_REQUEST) from exc
+            blob = base64.b64decode(raw, validate=True)
+        except (ValueError, TypeError) as exc:
+            raise JobError(f"'song' is not base64: {exc}", ErrorCode.BAD_REQUEST) from exc
+        song = song_from_bytes(blob, max_bytes=max_song_bytes)
     if request.kind in ("extend", "infill") and song is None:
         raise JobError(f"{request.kind} needs a 'song'", ErrorCode.BAD_REQUEST)
     try:
@@ -207,6 +272,21 @@ def parse_payload(payload: Any) -> tuple[JobRequest, Any]:
     except RequestError as exc:
         raise JobError(str(exc), ErrorCode.BAD_REQUEST) from exc
     return request, song
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "an array"
+    return "an object" if isinstance(value, dict) else type(value).__name__
 
 
 def error_body(message: str, code: ErrorCode) -> dict[str, Any]:

@@ -15,7 +15,9 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from dr2studio.lyrics._text import PUNCT, PUNCT_SPACE_RE, ascii_punct, finish_phones
+from dr2studio.lyrics._text import PUNCT, ascii_punct, finish_phones, tighten_punct
+from dr2studio.lyrics.parse import LyricsError
+from dr2studio.requests import MAX_LYRIC_TOKENS
 
 __all__ = [
     "EspeakMissingError",
@@ -40,13 +42,16 @@ _ABBREVIATIONS = [
     ]
 ]
 
+# Number patterns match what the released front end's did, in linear time: a digit run is entered only at
+# its start (``(?<![0-9])``) and taken whole (possessive ``++``), so a long run of digits is scanned once
+# instead of once per position (``[0-9.,]*[0-9]+%`` took 19 s on 4,000 digits).
 _COMMA_NUMBER_RE = re.compile(r"([0-9][0-9,]+[0-9])")
 _POUNDS_RE = re.compile(r"£([0-9,]*[0-9]+)")
 _DOLLARS_RE = re.compile(r"\$([0-9.,]*[0-9]+)")
-_FRACTION_RE = re.compile(r"([0-9]+)/([0-9]+)")
-_DECIMAL_RE = re.compile(r"([0-9]+\.[0-9]+)")
-_PERCENT_RE = re.compile(r"([0-9.,]*[0-9]+%)")
-_ORDINAL_RE = re.compile(r"[0-9]+(st|nd|rd|th)")
+_FRACTION_RE = re.compile(r"(?<![0-9])([0-9]++)/([0-9]++)")
+_DECIMAL_RE = re.compile(r"(?<![0-9])([0-9]++\.[0-9]++)")
+_PERCENT_RE = re.compile(r"(?<![0-9.,])([0-9.,]*+(?<=[0-9])%)")
+_ORDINAL_RE = re.compile(r"(?<![0-9])[0-9]++(st|nd|rd|th)")
 _NUMBER_RE = re.compile(r"[0-9]+")
 
 # Text clean-up of the phonemizer front end.
@@ -97,14 +102,33 @@ def _no_typecheck(target: Any = None, **_: Any) -> Any:
     return target if target is not None else (lambda f: f)
 
 
+#: Longer digit runs are read digit by digit: inflect names numbers up to 10**36 only, and Python refuses
+#: to convert more than 4300 digits to an int (both raised out of the lyrics front end before).
+_MAX_SPOKEN_DIGITS = 30
+#: The longest English segment handed to espeak (characters, after numbers are spelled out): four per token of
+#: the song's token limit, so a segment beyond it could never be sung anyway.
+_MAX_SPOKEN_CHARS = 4 * MAX_LYRIC_TOKENS
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _too_long(digits: str) -> bool:
+    return sum(c.isdigit() for c in digits) > _MAX_SPOKEN_DIGITS
+
+
+def _spell_digits(digits: str) -> str:
+    return " ".join(_DIGIT_WORDS[int(c)] for c in digits if c in "0123456789")
+
+
 def _words(n: int | str, **kw: Any) -> str:
+    if isinstance(n, str) and _too_long(n):
+        return _spell_digits(n)
     return _inflect().number_to_words(n, **kw)
 
 
 def _dollars(m: re.Match[str]) -> str:
     match = m.group(1)
     parts = match.split(".")
-    if len(parts) > 2:
+    if len(parts) > 2 or _too_long(match):
         return f" {match} dollars "
     dollars = int(parts[0]) if parts[0] else 0
     cents = int(parts[1]) if len(parts) > 1 and parts[1] else 0
@@ -120,6 +144,8 @@ def _dollars(m: re.Match[str]) -> str:
 
 
 def _fraction(m: re.Match[str]) -> str:
+    if _too_long(m.group(1)) or _too_long(m.group(2)):
+        return f" {_spell_digits(m.group(1))} over {_spell_digits(m.group(2))} "
     num, den = int(m.group(1)), int(m.group(2))
     if den == 2:
         return " one half " if num == 1 else f" {_words(num)} halves "
@@ -129,6 +155,8 @@ def _fraction(m: re.Match[str]) -> str:
 
 
 def _number(m: re.Match[str]) -> str:
+    if _too_long(m.group(0)):
+        return f" {_spell_digits(m.group(0))} "
     num = int(m.group(0))
     if 1000 < num < 3000:
         if num == 2000:
@@ -157,7 +185,7 @@ def normalize_english(text: str) -> str:
 
 def _clean_for_espeak(text: str) -> str:
     text = _DROP_RE.sub("", ascii_punct(text.strip()))
-    text = PUNCT_SPACE_RE.sub(r"\1", text)
+    text = tighten_punct(text)
     return _SPACES_RE.sub(" ", text)
 
 
@@ -247,6 +275,9 @@ def english_to_phones(text: str) -> str:
     cleaned = _clean_for_espeak(normalize_english(text))
     if not cleaned:
         return ""
+    if len(cleaned) > _MAX_SPOKEN_CHARS:  # numbers spelled out can grow a line tenfold; espeak is ~10 us a char
+        raise LyricsError(f"a lyric line reads as {len(cleaned)} characters once its numbers are spelled out "
+                          f"(limit {_MAX_SPOKEN_CHARS}): {text[:40]!r}...")
     phones = _espeak()(cleaned)
     phones = finish_phones(phones)
     if not phones:

@@ -21,8 +21,9 @@ from pathlib import Path
 from dr2studio.lyrics.english import english_to_phones
 from dr2studio.lyrics.mandarin import MandarinG2P
 from dr2studio.lyrics.mandarin_assets import G2PAssetsError, load_mandarin_assets
-from dr2studio.lyrics.parse import LyricsDocument, Section, parse_lyrics
+from dr2studio.lyrics.parse import LyricsDocument, LyricsError, Section, parse_lyrics
 from dr2studio.lyrics.vocab import STOP_ID, TAG_IDS, PhonemeVocab, VocabLike, load_vocab
+from dr2studio.requests import MAX_LYRIC_TOKENS
 
 __all__ = [
     "EncodedLine",
@@ -205,11 +206,19 @@ class LyricsG2P:
         """Every tag and lyric line of ``doc`` with its ids; lines with nothing to sing are left out."""
         language = main_language(doc.lines)
         out: list[EncodedLine] = []
+        count = 0
         for section in doc.sections:
             if section.tag is not None:
+                count = _count_tokens(count, 2, doc, section.tag)
                 out.append(EncodedLine(section, section.tag, True, (section.tag, "[stop]"), (TAG_IDS[section.kind], STOP_ID)))
             for text in section.lines:
-                lp = self.line(text, language)
+                try:
+                    lp = self.line(text, language)
+                except LyricsError as exc:  # raised by a converter that does not know the file: name it here
+                    if exc.source is None and doc.source is not None:
+                        raise LyricsError(str(exc).removeprefix("<lyrics>: "), doc.source) from exc
+                    raise
+                count = _count_tokens(count, len(lp.ids) + 1, doc, text)
                 if not lp.ids and all(kind == "other" for _, kind in lp.segments):
                     # the reference crashes on these (no letter at all); leave the line out
                     log.warning("%s: nothing to sing in lyric line %r; it is left out", doc.source or "lyrics", text)
@@ -220,6 +229,17 @@ class LyricsG2P:
                 out.append(EncodedLine(section, text, False, lp.phones + ("[stop]",), lp.ids + (STOP_ID,), lp.dropped,
                                        lp.parts))
         return out
+
+
+def _count_tokens(count: int, more: int, doc: LyricsDocument, text: str) -> int:
+    """``count + more``, or :class:`LyricsError` as soon as a song's tokens pass MAX_LYRIC_TOKENS (encoding
+    stops there, so a huge lyric never builds its whole token list in memory)."""
+    count += more
+    if count > MAX_LYRIC_TOKENS:
+        short = text if len(text) <= 40 else text[:40] + "..."
+        raise LyricsError(f"lyrics encode to more than {MAX_LYRIC_TOKENS} tokens (the limit) by line {short!r}; "
+                          "shorten them or split the song", doc.source)
+    return count
 
 
 def main_language(lines: Iterable[str]) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Protocol
 
-from dr2studio.lyrics._text import PUNCT_SPACE_RE, ascii_punct, finish_phones
+from dr2studio.lyrics._text import ascii_punct, finish_phones, tighten_punct
 from dr2studio.lyrics.mandarin_assets import MandarinAssets
 
 __all__ = ["AssetReader", "MandarinG2P", "PypinyinReader", "bopomofo_to_ipa", "normalize_mandarin"]
@@ -69,10 +70,24 @@ def normalize_mandarin(text: str) -> str:
     """
     text = _SPACE_RE.sub("_", text).strip()
     text = _SPACES_RE.sub("", ascii_punct(_an2cn(text)))
-    return PUNCT_SPACE_RE.sub(r"\1", _KEEP_RE.sub("", text))
+    return tighten_punct(_KEEP_RE.sub("", text))
+
+
+# cn2an reads a digit run as one number, names 16 digits at most (longer runs came back as digits and were
+# dropped) and slows down quadratically on long ones (82 s on 60,000 digits, 100 s full-width); runs of 17 or
+# more digits are read digit by digit first (linear: a run is entered at its start and taken whole).
+_LONG_DIGITS_RE = re.compile(r"(?<!\d)\d{17,}+")
+_CN_DIGITS = "零一二三四五六七八九"
+
+
+def _spell_cn_digits(m: re.Match[str]) -> str:
+    return "".join(_CN_DIGITS[unicodedata.decimal(c, 0)] for c in m.group(0))
 
 
 def _an2cn(text: str) -> str:
+    if not any(c.isdigit() for c in text):
+        return text
+    text = _LONG_DIGITS_RE.sub(_spell_cn_digits, text)
     if not any(c.isdigit() for c in text):
         return text
     import cn2an

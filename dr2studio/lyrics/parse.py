@@ -16,11 +16,13 @@ import dataclasses
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dr2studio.lyrics.vocab import TAG_IDS
+from dr2studio.requests import MAX_LYRICS_BYTES, MAX_LYRICS_CHARS
 
 __all__ = [
     "LyricsDocument",
@@ -30,6 +32,7 @@ __all__ = [
     "UNTAGGED",
     "parse_lyrics",
     "parse_lyrics_file",
+    "read_lyrics_bytes",
     "render_sections",
 ]
 
@@ -41,10 +44,14 @@ STRUCTURE_TAGS: tuple[str, ...] = tuple(sorted(TAG_IDS, key=TAG_IDS.__getitem__)
 UNTAGGED = "untagged"
 _ALIASES = {"instrumental": "inst", "interlude": "inst"}
 
-_TIME_RE = re.compile(r"\s*\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
+# (?<!\s): a whitespace run is entered only at its start, so even an unanchored search stays linear
+_TIME_RE = re.compile(r"(?<!\s)\s*+\[(\d{1,3}):(\d{1,2}(?:[.:]\d{1,3})?)\]")
 _WORD_TIME_RE = re.compile(r"<\d{1,3}:\d{1,2}(?:[.:]\d{1,3})?>")
 _META_RE = re.compile(r"^\[\s*([A-Za-z#][\w#-]*)\s*:(.*)\]$")
-_TAG_RE = re.compile(r"^\[\s*([A-Za-z][A-Za-z_-]*?)(?:[\s_-]*(\d+))?\s*(?::[^\]]*)?\]$")
+# A structure tag: name, optional number, optional ": who". The name is taken whole (possessive) and its
+# trailing ``_``/``-`` given back to the number's separator afterwards (:func:`_tag_name`); the former lazy
+# name overlapping ``[\s_-]*`` backtracked cubically (a 60 KB ``[a____...!]`` took minutes).
+_TAG_RE = re.compile(r"^\[\s*+([A-Za-z][A-Za-z_-]*+)(?:[\s_-]*+(\d++))?\s*+(?::[^\]]*+)?\]$")
 _LEADING_RE = re.compile(r"^(\[[^\[\]]*\])\s*(.*)$")
 _BRACKET_RE = re.compile(r"\[[^\]]*\]?|\]")
 _LINE_SPLIT_RE = re.compile(r"\r\n|\r|\n")
@@ -180,6 +187,16 @@ def _parse_time(minutes: str, seconds: str) -> float:
     return int(minutes) * 60.0 + float(sec)
 
 
+def _tag_name(m: re.Match[str]) -> str:
+    """The tag name of a :data:`_TAG_RE` match, as the lazy ``[A-Za-z_-]*?`` of the original pattern read it."""
+    return m.group(1).rstrip("_-") if m.group(2) is not None else m.group(1)
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for an error message (a 60 KB tag stays a one-line error)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _canonical_tag(name: str) -> str | None:
     key = name.lower()
     if key in TAG_IDS:
@@ -195,6 +212,8 @@ def parse_lyrics(text: str, source: str | os.PathLike | None = None) -> LyricsDo
     if not isinstance(text, str):
         raise TypeError(f"lyrics must be a str, got {type(text).__name__}")
     src = None if source is None else str(source)
+    if len(text) > MAX_LYRICS_CHARS:
+        raise LyricsError(f"lyrics hold {len(text)} characters; the limit is {MAX_LYRICS_CHARS}", src)
     if text.startswith("\ufeff"):
         text = text[1:]
     builder = _SectionBuilder()
@@ -204,18 +223,17 @@ def parse_lyrics(text: str, source: str | os.PathLike | None = None) -> LyricsDo
         if not line:
             continue
         stamps: list[float] = []
-        while True:
-            m = _TIME_RE.match(line)
-            if m is None:
-                break
+        pos = 0
+        while (m := _TIME_RE.match(line, pos)) is not None:  # by position: no copy of the line per stamp
             stamps.append(_parse_time(m.group(1), m.group(2)))
-            line = line[m.end():]
+            pos = m.end()
+        line = line[pos:]
         line = _WORD_TIME_RE.sub("", line).strip()
         if not line:
             continue  # a time stamp alone marks a pause in LRC
         lead = _LEADING_RE.match(line)
         tag = _TAG_RE.match(lead.group(1)) if lead is not None else None
-        kind = _canonical_tag(tag.group(1)) if tag is not None else None
+        kind = _canonical_tag(_tag_name(tag)) if tag is not None else None
         if kind is not None:
             builder.start(kind, stamps[0] if stamps else None)
             line = lead.group(2)
@@ -228,7 +246,7 @@ def parse_lyrics(text: str, source: str | os.PathLike | None = None) -> LyricsDo
         bracket = _BRACKET_RE.search(line)
         if bracket is not None:
             raise LyricsError(
-                f"unknown bracketed tag {bracket.group(0)!r}; structure tags are "
+                f"unknown bracketed tag {_shorten(bracket.group(0))!r}; structure tags are "
                 f"{' '.join('[' + t + ']' for t in STRUCTURE_TAGS)} (any case); LRC time stamps look like "
                 "[01:23.45]; remove the brackets to sing the words",
                 src,
@@ -306,13 +324,36 @@ def _decode(data: bytes, source: str) -> str:
         ) from exc
 
 
-def parse_lyrics_file(path: str | os.PathLike) -> LyricsDocument:
-    """Read and parse a ``.lrc``/``.txt`` file (UTF-8 with or without BOM, or UTF-16 with BOM)."""
+def read_lyrics_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a lyrics file, refused before reading when it is not a regular file (a folder, a FIFO
+    that would block, a device) or is larger than :data:`~dr2studio.requests.MAX_LYRICS_BYTES`."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        # non-blocking open (a FIFO would wait for a writer forever), then stat the open file: no swap in between
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise LyricsError("not a regular file", str(path))
+            if info.st_size > MAX_LYRICS_BYTES:
+                raise LyricsError(f"file is {info.st_size} bytes; the limit for lyrics is {MAX_LYRICS_BYTES} bytes "
+                                  f"({MAX_LYRICS_CHARS} characters)", str(path))
+            data = f.read(MAX_LYRICS_BYTES + 1)  # bounded even if the file grows after the stat
     except FileNotFoundError:
         raise LyricsError("file not found", str(path)) from None
+    except IsADirectoryError:
+        raise LyricsError("is a folder, not a lyrics file", str(path)) from None
     except OSError as exc:
         raise LyricsError(f"cannot read: {exc.strerror or exc}", str(path)) from exc
+    if len(data) > MAX_LYRICS_BYTES:
+        raise LyricsError(f"file grew past the limit for lyrics ({MAX_LYRICS_BYTES} bytes) while being read", str(path))
+    return data
+
+
+def parse_lyrics_file(path: str | os.PathLike) -> LyricsDocument:
+    """Read and parse a ``.lrc``/``.txt`` file (UTF-8 with or without BOM, or UTF-16 with BOM).
+
+    The size is checked before reading (:func:`read_lyrics_bytes`) and the text length before parsing.
+    """
+    data = read_lyrics_bytes(path)
     return parse_lyrics(_decode(data, str(path)), source=str(path))

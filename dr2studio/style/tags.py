@@ -12,6 +12,8 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
+from dr2studio.requests import MAX_LYRICS_CHARS, TEMPO
+
 __all__ = [
     "GENRES",
     "INSTRUMENTS",
@@ -121,6 +123,8 @@ def hash_bucket(chunk: str) -> str:
 
 def parse_style_tags(text: str) -> StyleTags:
     """Read the tags of a style text (any order, any case; see the module docstring)."""
+    if text is not None and len(text) > MAX_LYRICS_CHARS:  # every pattern here is linear; this bounds the work
+        raise ValueError(f"style text holds {len(text)} characters; the limit is {MAX_LYRICS_CHARS}")
     found: dict[str, float] = {}
     tempo = key = mode = None
     unknown: list[str] = []
@@ -131,7 +135,9 @@ def parse_style_tags(text: str) -> StyleTags:
         rest = chunk
         m = _BPM_RE.search(rest)
         if m:
-            tempo = float(m.group(1))
+            bpm = float(m.group(1))
+            if TEMPO.low <= bpm <= TEMPO.high:  # "10 bpm" is no tempo a request may ask for: not stated
+                tempo = bpm
             rest = rest[: m.start()] + " " + rest[m.end():]
         m = _KEY_RE.search(rest)
         if m and (m.group(3).lower() != "m" or m.group(1).isupper()):
