@@ -32,6 +32,7 @@ SOAK_SECONDS = float(os.environ.get("DR2STUDIO_SOAK_SECONDS", "20"))
 PING_LIMIT_S = 1.0
 #: RSS growth allowed between the end of the warm-up and the end of the flood (whole test process, the
 #: engine's job history included: it keeps the newest 256 finished jobs with their songs, ~2 MB a take here).
+KEPT_RESULTS = 2  # songs of finished jobs each job queue keeps (the engine's and the bridge's)
 RSS_GROWTH_LIMIT = 64 * 1024 * 1024
 #: Each flooding client sends at most this many packets per second (a bounded flood).
 RATE = 150.0
@@ -187,7 +188,8 @@ def tiny_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def test_bridge_survives_a_flood(tiny_model, tmp_path):
+def test_bridge_survives_a_flood(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr("dr2studio.engine.jobs.KEEP_RESULTS", KEPT_RESULTS)  # the steady state comes sooner
     style = torch.randn(512, generator=torch.Generator().manual_seed(3))
     engine = LocalEngine(str(tiny_model), style_embedding=style)
     options = BridgeOptions(osc_port=0, midi_tcp=0, steps=2, max_pending=4, send_stall_s=2.0, outbox_bytes=256 * 1024)
@@ -307,13 +309,15 @@ def test_bridge_survives_a_flood(tiny_model, tmp_path):
         flood.spawn(midi_valid)
         flood.spawn(pinger)
 
-        # warm-up: a quarter of the run (a take included), then the baseline
+        # warm-up: a quarter of the run at the DAW's pace, so the kept results (KEEP_RESULTS, patched
+        # small above) are full and memory has reached its steady state; then the baseline
         warm_until = time.monotonic() + SOAK_SECONDS / 4
-        take(1)
-        while time.monotonic() < warm_until:
-            time.sleep(0.1)
+        n = 1
+        while time.monotonic() < warm_until or n <= 2 * KEPT_RESULTS + 1:
+            take(n)
+            n += 1
+            time.sleep(0.5)
         rss0, threads0 = _rss(), threading.active_count()
-        n = 2
         end = time.monotonic() + SOAK_SECONDS * 3 / 4
         while time.monotonic() < end:
             take(n)  # a DAW's pace: a take a second

@@ -328,13 +328,13 @@ class JobQueue:
     """
 
     def __init__(self, runner: Runner, *, workers: int = 1, max_pending: int = 8, history: int = 256,
-                 keep_results: int = KEEP_RESULTS, name: str = "dr2-job") -> None:
+                 keep_results: int | None = None, name: str = "dr2-job") -> None:
         if workers < 1 or max_pending < 0:
             raise ValueError(f"workers={workers} must be >= 1 and max_pending={max_pending} >= 0")
         self._runner = runner
         self._max_pending = max_pending
         self._history = history
-        self._keep_results = max(0, keep_results)
+        self._keep_results = max(0, KEEP_RESULTS if keep_results is None else keep_results)
         self._pending: collections.deque[Job] = collections.deque()
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._cond = threading.Condition()
