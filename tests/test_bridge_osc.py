@@ -549,6 +549,9 @@ def _closed_by_peer(sock: socket.socket, timeout: float) -> bool:
     """True when the server ends the connection within ``timeout`` (data before the end is drained)."""
     end = time.monotonic() + timeout
     sock.settimeout(0.2)
+    # what the server had queued before it hung up still sits in the kernel; a stalled client's tiny
+    # receive window makes draining it slow, so open the window first
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     while time.monotonic() < end:
         try:
             if not sock.recv(1 << 20):
@@ -624,9 +627,15 @@ def test_stalled_tcp_subscriber_never_blocks_udp_or_other_clients(make_osc, proj
         assert worst < 1.0
         received = _read_frames(healthy, 0.5)
         assert any(m.address == "/dr2/session/state" for m in received)  # the healthy one is still served
-        # dropped, then disconnected after the 1.5 s stall limit (reading here would un-stall it)
-        assert _wait_for(lambda: tight_osc.stats()["subscribers"] == 1, 10)
-        assert tight_osc.stats()["tcp_connections"] == 1 and _closed_by_peer(stalled, 5)
+        # dropped, then disconnected after the 1.5 s stall limit (reading here would un-stall it). Events
+        # keep flowing meanwhile: a stalled client whose backlog still fits the kernel's buffers harms nobody.
+        end = time.monotonic() + 15
+        while tight_osc.stats()["subscribers"] != 1 and time.monotonic() < end:
+            c.send("/dr2/session/state")
+            c.until("/dr2/error", "/dr2/session/state", timeout=5)
+            time.sleep(0.05)
+        assert tight_osc.stats()["subscribers"] == 1
+        assert tight_osc.stats()["tcp_connections"] == 1 and _closed_by_peer(stalled, 20)
         assert _ping_time(c) < 1.0
     finally:
         for s in (stalled, healthy):
