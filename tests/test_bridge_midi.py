@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 from mido.sockets import connect
 
+from daw_helpers import wait_for
 from dr2studio.bridge import BridgeApp, BridgeOptions, read_midi_file
 from dr2studio.bridge.midi import (
     CMD_LYRICS,
@@ -296,13 +297,7 @@ def _udp_ping(port: int) -> float:
         return time.monotonic() - t0
 
 
-def _wait_for(condition, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
+_wait_for = wait_for
 
 
 @pytest.fixture()

@@ -18,37 +18,16 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import build_msg
 from pythonosc.tcp_client import SimpleTCPClient
 
+from daw_helpers import REAPER_STUB, wait_for
+from daw_helpers import UdpClient as _DawClient
 from dr2studio.bridge import BridgeApp, BridgeOptions
 from dr2studio.engine import LocalEngine
 
 TIMEOUT = 120.0
 
 
-class UdpClient:
-    """A DAW-like OSC client: sends from one socket and receives replies on it."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(TIMEOUT)
-        self.log: list[tuple[str, list]] = []
-
-    def send(self, address: str, *args) -> None:
-        self.sock.sendto(build_msg(address, list(args)).dgram, ("127.0.0.1", self.port))
-
-    def raw(self, data: bytes) -> None:
-        self.sock.sendto(data, ("127.0.0.1", self.port))
-
-    def until(self, address: str, first: object = None, timeout: float = TIMEOUT) -> list:
-        """Read replies until ``address`` (with first argument ``first``); return its arguments."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            msg = OscMessage(self.sock.recv(65535))
-            self.log.append((msg.address, list(msg.params)))
-            if msg.address == address and (first is None or msg.params[0] == first):
-                return list(msg.params)
-        raise TimeoutError(f"no {address} {first} in {self.log[-10:]}")
+class UdpClient(_DawClient):
+    """A DAW-like OSC client that also follows a job to its end."""
 
     def job(self, job_id: str) -> list[tuple[str, list]]:
         """Wait for the job to end; return all its events."""
@@ -443,28 +422,6 @@ def test_separated_stems_at_the_project_rate(app, project):
         second.close()
 
 
-_REAPER_MOCK = r'''
-placed, ext, tracks = {}, "", {}
-reaper = {
-  EnumProjects = function(i) return "proj", PROJECT_FILE end,
-  CountTracks = function() return #tracks end,
-  GetTrack = function(_, i) return tracks[i + 1] end,
-  InsertTrackAtIndex = function(i) tracks[i + 1] = {name = ""} end,
-  GetSetMediaTrackInfo_String = function(tr, k, v, set) if set then tr.name = v end return true, tr.name end,
-  PCM_Source_CreateFromFile = function(f) return {file = f} end,
-  AddMediaItemToTrack = function(tr) local item = {track = tr.name}; placed[#placed + 1] = item; return item end,
-  AddTakeToMediaItem = function(item) return {item = item} end,
-  SetMediaItemTake_Source = function(take, src) take.item.file = src.file end,
-  GetMediaSourceLength = function(src) return 1.0, false end,
-  SetMediaItemInfo_Value = function(item, k, v) item[k] = v end,
-  GetSetMediaItemTakeInfo_String = function(take, k, v, set) return true, v end,
-  GetProjExtState = function(_, s, k) return 1, ext end,
-  SetProjExtState = function(_, s, k, v) ext = v end,
-  Undo_BeginBlock = function() end, Undo_EndBlock = function() end,
-  PreventUIRefresh = function() end, UpdateArrange = function() end,
-  ShowMessageBox = function(m) error(m) end,
-}
-'''
 
 
 def test_reaper_import_script_places_the_takes(client, tmp_path):
@@ -485,7 +442,7 @@ def test_reaper_import_script_places_the_takes(client, tmp_path):
 
     lua = lupa.LuaRuntime()
     lua.globals().PROJECT_FILE = str(project / "song.rpp")
-    lua.execute(_REAPER_MOCK)
+    lua.execute(REAPER_STUB)
     script = (Path(__file__).resolve().parents[1] / "bridges" / "reaper" / "dr2_import_takes.lua").read_text(encoding="utf-8")
     lua.execute(script)
     placed = lua.globals().placed
@@ -573,13 +530,7 @@ def _closed_by_peer(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-def _wait_for(condition, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
+_wait_for = wait_for
 
 
 def _ping_time(c: UdpClient) -> float:

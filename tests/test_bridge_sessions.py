@@ -4,8 +4,6 @@ marker text can freeze the bridge. Real OSC packets over loopback to a real brid
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -13,36 +11,16 @@ import mido
 import pytest
 import torch
 from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import build_msg
 
+from daw_helpers import UdpClient
 from dr2studio.bridge import BridgeApp, BridgeOptions
 from dr2studio.engine import LocalEngine
 
 TIMEOUT = 120.0
 
 
-class Client:
+class Client(UdpClient):
     """One OSC client on its own UDP socket (its own address, as a second DAW would have)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(TIMEOUT)
-        self.log: list[tuple[str, list]] = []
-
-    def send(self, address: str, *args) -> None:
-        self.sock.sendto(build_msg(address, list(args)).dgram, ("127.0.0.1", self.port))
-
-    def until(self, address: str, first: object = None, timeout: float = TIMEOUT) -> list:
-        end = time.monotonic() + timeout
-        self.sock.settimeout(timeout)
-        while time.monotonic() < end:
-            msg = OscMessage(self.sock.recv(65535))
-            self.log.append((msg.address, list(msg.params)))
-            if msg.address == address and (first is None or msg.params[0] == first):
-                return list(msg.params)
-        raise TimeoutError(f"no {address} {first} in {self.log[-10:]}")
 
     def call(self, address: str, *args) -> list:
         """Send a request and return its reply: ``["ack"]`` or ``["error", message]``."""

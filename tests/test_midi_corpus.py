@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import time
 from pathlib import Path
 
 import mido
 import pytest
 import torch
-from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import build_msg
 
+from daw_helpers import UdpClient
 from dr2studio.bridge import BridgeApp, BridgeOptions, read_midi_file
 from dr2studio.bridge.miditext import decode_texts
 from dr2studio.engine import LocalEngine
@@ -154,23 +151,8 @@ def app(tmp_path_factory):
     bridge_app.close()
 
 
-class Client:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(TIMEOUT)
-
-    def send(self, address: str, *args) -> None:
-        self.sock.sendto(build_msg(address, list(args)).dgram, ("127.0.0.1", self.port))
-
-    def reply(self, *addresses: str) -> tuple[str, list]:
-        end = time.monotonic() + TIMEOUT
-        while time.monotonic() < end:
-            msg = OscMessage(self.sock.recv(65535))
-            if msg.address in addresses:
-                return msg.address, list(msg.params)
-        raise TimeoutError(addresses)
+class Client(UdpClient):
+    """An OSC client that can ask for the session state."""
 
     def state(self) -> dict:
         self.send("/dr2/session/state")

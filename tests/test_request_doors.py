@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,8 +20,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import build_msg
 
+from daw_helpers import UdpClient
 from dr2studio.bridge import BridgeApp, BridgeOptions
 from dr2studio.cli import main
 from dr2studio.demo import demo_model_dir
@@ -170,17 +169,10 @@ def test_cli_studio_engine_and_wire_refuse_alike(case: Case, studio: Studio, son
     assert str(info.value) == expected
 
 
-class _Client:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(TIMEOUT)
+class _Client(UdpClient):
+    """An OSC client that waits for the answer to one request."""
 
-    def send(self, address: str, *args: Any) -> None:
-        self.sock.sendto(build_msg(address, list(args)).dgram, ("127.0.0.1", self.port))
-
-    def reply(self, address: str) -> tuple[str, list]:
+    def answer(self, address: str) -> tuple[str, list]:
         """The next ``/dr2/ack`` or ``/dr2/error`` for ``address``."""
         end = time.monotonic() + TIMEOUT
         while time.monotonic() < end:
@@ -210,7 +202,7 @@ def test_osc_refuses_alike(case: Case, studio: Studio, song: Song, files: dict[s
                               ("/dr2/section/define", ("v1", "verse", 0.0, 8.0)),
                               ("/dr2/lyrics/set", ("v1", "hello world"))]:
             client.send(address, *args)
-            assert client.reply(address)[0] == "/dr2/ack"
+            assert client.answer(address)[0] == "/dr2/ack"
         before = sorted(p.relative_to(project) for p in project.rglob("*"))
         *setup, (address, args) = case.osc  # type: ignore[misc]
         for step, _ in setup:
@@ -218,7 +210,7 @@ def test_osc_refuses_alike(case: Case, studio: Studio, song: Song, files: dict[s
             bridge.bridge.update_session(lambda session: setattr(session, "song", song))
         args = tuple(str(project) if a == "{project}" else a for a in args)
         client.send(address, *args)
-        kind, params = client.reply(address)
+        kind, params = client.answer(address)
         assert kind == "/dr2/error" and params[1] == expected, (params, expected)
         assert not bridge.bridge.running_jobs()
         assert sorted(p.relative_to(project) for p in project.rglob("*")) == before  # no file written

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from real_material import shared_real
 from torchaudio.models import HDemucs
 
+from daw_helpers import REAPER_STUB
 from dr2studio.audio.daw import project_layout, read_manifest
 from dr2studio.audio.effects import integrated_loudness, list_presets, load_preset
 from dr2studio.audio.io import read_audio, write_audio
@@ -287,28 +288,6 @@ def test_cli_bad_input_writes_nothing(tmp_path: Path) -> None:
 
 # -- the REAPER action places CLI and bridge takes -------------------------------------------------------
 
-_REAPER_STUB = r'''
-placed, ext, tracks = {}, "", {}
-reaper = {
-  EnumProjects = function(i) return "proj", PROJECT_FILE end,
-  CountTracks = function() return #tracks end,
-  GetTrack = function(_, i) return tracks[i + 1] end,
-  InsertTrackAtIndex = function(i) tracks[i + 1] = {name = ""} end,
-  GetSetMediaTrackInfo_String = function(tr, k, v, set) if set then tr.name = v end return true, tr.name end,
-  PCM_Source_CreateFromFile = function(f) local h = io.open(f, "rb"); if h == nil then return nil end; h:close(); return {file = f} end,
-  AddMediaItemToTrack = function(tr) local item = {track = tr.name}; placed[#placed + 1] = item; return item end,
-  AddTakeToMediaItem = function(item) return {item = item} end,
-  SetMediaItemTake_Source = function(take, src) take.item.file = src.file end,
-  GetMediaSourceLength = function(src) return 1.0, false end,
-  SetMediaItemInfo_Value = function(item, k, v) item[k] = v end,
-  GetSetMediaItemTakeInfo_String = function(take, k, v, set) return true, v end,
-  GetProjExtState = function(_, s, k) return 1, ext end,
-  SetProjExtState = function(_, s, k, v) ext = v end,
-  Undo_BeginBlock = function() end, Undo_EndBlock = function() end,
-  PreventUIRefresh = function() end, UpdateArrange = function() end,
-  ShowMessageBox = function(m) error(m) end,
-}
-'''
 
 
 def test_reaper_action_places_cli_and_bridge_takes(tmp_path: Path) -> None:
@@ -341,7 +320,7 @@ def test_reaper_action_places_cli_and_bridge_takes(tmp_path: Path) -> None:
 
     lua = lupa.LuaRuntime()
     lua.globals().PROJECT_FILE = str(project / "song.rpp")
-    lua.execute(_REAPER_STUB)
+    lua.execute(REAPER_STUB)
     script = (Path(__file__).resolve().parents[1] / "bridges" / "reaper" / "dr2_import_takes.lua").read_text(encoding="utf-8")
     lua.execute(script)
     placed = lua.globals().placed
@@ -362,7 +341,7 @@ def test_reaper_action_reads_a_schema_1_cli_take(tmp_path: Path) -> None:
     (project / "dr2studio.json").write_text(json.dumps({**_V1_MANIFEST, "takes": _V1_MANIFEST["takes"][:1]}))
     lua = lupa.LuaRuntime()
     lua.globals().PROJECT_FILE = str(project / "song.rpp")
-    lua.execute(_REAPER_STUB)
+    lua.execute(REAPER_STUB)
     lua.execute((Path(__file__).resolve().parents[1] / "bridges" / "reaper" / "dr2_import_takes.lua").read_text())
     placed = lua.globals().placed
     assert len(placed) == 1 and placed[1]["D_POSITION"] == 12.5
