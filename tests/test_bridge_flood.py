@@ -30,10 +30,11 @@ from dr2studio.engine import LocalEngine
 log = logging.getLogger(__name__)
 SOAK_SECONDS = float(os.environ.get("DR2STUDIO_SOAK_SECONDS", "20"))
 PING_LIMIT_S = 1.0
-#: RSS growth allowed between the end of the warm-up and the end of the flood (whole test process, the
-#: engine's job history included: it keeps the newest 256 finished jobs with their songs, ~2 MB a take here).
+#: RSS growth allowed between the end of the warm-up and the end of the flood (whole test process). Measured
+#: flat (60 s: 1225 -> 1221 MiB over 45 takes; 180 s: see docs/security.md) since finished jobs drop their
+#: request, listeners and songs and each job ends with malloc_trim; before, +63 MiB a minute.
 KEPT_RESULTS = 2  # songs of finished jobs each job queue keeps (the engine's and the bridge's)
-RSS_GROWTH_LIMIT = 64 * 1024 * 1024
+RSS_GROWTH_LIMIT = 24 * 1024 * 1024
 #: Each flooding client sends at most this many packets per second (a bounded flood).
 RATE = 150.0
 
@@ -190,6 +191,9 @@ def tiny_model(tmp_path_factory):
 
 def test_bridge_survives_a_flood(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr("dr2studio.engine.jobs.KEEP_RESULTS", KEPT_RESULTS)  # the steady state comes sooner
+    # pytest's log capture keeps every record of the test, and a record whose arguments hold an exception
+    # holds its frames; the soak measures the bridge, not the test harness
+    monkeypatch.setattr(logging.getLogger("dr2studio"), "propagate", False)
     style = torch.randn(512, generator=torch.Generator().manual_seed(3))
     engine = LocalEngine(str(tiny_model), style_embedding=style)
     options = BridgeOptions(osc_port=0, midi_tcp=0, steps=2, max_pending=4, send_stall_s=2.0, outbox_bytes=256 * 1024)

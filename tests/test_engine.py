@@ -575,3 +575,28 @@ def test_finished_jobs_keep_only_the_newest_results_in_memory() -> None:
     assert jobs[9].wait(1).shape == (1000,)
     assert kept.wait(1).shape == (1000,)  # a song nobody has received is never dropped
     q.close()
+
+
+def test_released_jobs_hold_no_request_listeners_or_songs() -> None:
+    """A bridge job's request carries its session snapshot (a song) and its listeners close over the caller's
+    state: a released job must drop both, or a long session keeps every snapshot (the soak's +63 MiB/min)."""
+    import gc
+    import weakref
+
+    from dr2studio.engine import JobQueue
+
+    class Snapshot:  # stands for the bridge's session snapshot
+        pass
+
+    q = JobQueue(lambda job, ctx: np.zeros(10, dtype=np.float32), workers=1, max_pending=64, keep_results=1)
+    refs = []
+    for i in range(4):
+        snap = Snapshot()
+        refs.append(weakref.ref(snap))
+        q.submit(snap, job_id=f"j{i}", on_event=lambda event, snap=snap: None).join(5)
+        del snap
+    q.submit(Snapshot(), job_id="j4").join(5)  # trims: the newest delivered result stays
+    gc.collect()
+    assert [ref() is None for ref in refs] == [True, True, True, False]
+    assert q.get("j0").request is None and q.get("j0").state == "done"
+    q.close()

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dr2studio.engine.memory import return_free_memory
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -237,9 +239,11 @@ class Job:
         return self._released_length if self._released else result_length(self.result)
 
     def release(self) -> None:
-        """Drop the result song and the input song of a finished, delivered job (its id, state and length
-        stay), so that a long session's finished jobs do not hold every song in memory. A result nobody
-        has received yet (no listener, no :meth:`wait`) is kept."""
+        """Drop what a finished, delivered job holds (its id, state and length stay), so that a long
+        session's finished jobs do not hold every song in memory: the result song, the input song, the
+        request (a bridge job's request carries its session snapshot, and so a song) and the listeners
+        (they close over their caller's state: the bridge's job context, and through it that snapshot).
+        A result nobody has received yet (no listener, no :meth:`wait`) is kept."""
         with self._lock:
             if not self._finished.is_set() or self._released or not self._delivered:
                 return
@@ -247,6 +251,8 @@ class Job:
             self._released = self.result is not None
             self.result = None
             self.song = None
+            self.request = None
+            self._listeners.clear()
 
     def _emit(self, event: JobEvent) -> None:
         with self._lock:
@@ -454,8 +460,12 @@ class JobQueue:
             except JobCancelled as exc:
                 job._finish(JobState.CANCELLED, error=str(exc))
             except Exception as exc:  # the job reports; the worker lives on
-                log.warning("job %s failed: %s", job.id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                # str(exc), not exc: a log record that keeps the exception keeps its frames (and their songs)
+                log.warning("job %s failed: %s", job.id, str(exc), exc_info=log.isEnabledFor(logging.DEBUG))
                 job._finish(JobState.FAILED, error=f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc),
                             code=error_code_of(exc))
             else:
                 job._finish(JobState.DONE, result=result)
+            finally:
+                result = None  # the worker holds no song while it waits for the next job
+            return_free_memory()
