@@ -8,8 +8,9 @@ the stems to the DAW.
     python bridges/example_client.py song.lrc --project ~/Music/song --daw reaper --reaper-action _RS1a2b3c --reaper-osc 127.0.0.1:8000
 
 Each ``[verse]``/``[chorus]``/... tag of the lyrics file becomes a section of ``--bars`` bars on the
-timeline. With ``--ableton`` the tempo is read from Live (``/live/song/get/tempo``); AbletonOSC cannot
-create audio clips from files yet, so the stems are printed for drag-in from Samples/Imported/dr2.
+timeline. With ``--ableton`` the tempo is read from Live (``/live/song/get/tempo``) and the stems are
+printed for drag-in from Samples/Imported/dr2; for placement on the arrangement, start the bridge with
+``--ableton`` and install the Remote Script in bridges/ableton (docs/ableton.md) instead.
 With ``--reaper-action`` the client triggers the import script through REAPER's OSC surface
 (``/action/<command id>``) when the job is done, and REAPER places the stems at their positions.
 """

@@ -22,6 +22,10 @@ _COMMANDS: dict[str, str] = {
     "lyrics": "dr2studio.commands.lyrics:lyrics",
     "serve": "dr2studio.commands.serve:serve",
     "bridge": "dr2studio.commands.bridge:bridge",
+    "ui": "dr2studio.commands.ui:ui",
+    "rate": "dr2studio.commands.rate:rate",
+    "prefs": "dr2studio.commands.prefs:prefs",
+    "eval": "dr2studio.commands.eval:eval_command",
 }
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "CROSSFADE",
     "TEMPO",
     "INVERSION_STEPS",
+    "PLACE_TIMEOUT",
+    "STARS",
     "MAX_SECONDS",
     "MAX_LYRICS_CHARS",
     "MAX_LYRICS_BYTES",
@@ -54,6 +56,7 @@ __all__ = [
     "GenerateRequest",
     "ExtendRequest",
     "InfillRequest",
+    "TakeRequest",
 ]
 
 #: The longest song, continuation or edit span a request may ask for (seconds).
@@ -149,6 +152,8 @@ TIME = Limit("time", 0.0, MAX_SECONDS, unit="seconds")
 CROSSFADE = Limit("crossfade", 0.0, 2.0, unit="seconds")
 TEMPO = Limit("tempo", 20.0, 999.0, unit="bpm")
 INVERSION_STEPS = Limit("inversion_steps", 1, 10000, integer=True)
+PLACE_TIMEOUT = Limit("place_timeout", 0.1, 120.0, unit="seconds")  # waiting for a DAW to place a take (bridge)
+STARS = Limit("stars", 1, 5, integer=True)  # a producer's rating of a take (dr2studio.ratings)
 
 
 def check_daw(daw: Any, field: str = "daw") -> str:
@@ -311,3 +316,27 @@ class InfillRequest(_EditRequest):
             raise RequestError("start", f"start ({self.start:g} s) must be before end ({self.end:g} s)")
         if song_seconds is not None and self.end > song_seconds + 1e-6:
             raise RequestError("end", f"end ({self.end:g} s) is past the end of the song ({song_seconds:.2f} s)")
+
+
+@dataclasses.dataclass
+class TakeRequest(JsonConfig):
+    """How a take is delivered into a DAW project, beyond its stems: tempo conform and audio to MIDI.
+
+    ``conform``: fit the take to ``conform_bpm`` (else the project's / session's tempo) and put its first
+    downbeat on a bar line; None = the default by model (off for a song a model's tempo clock already
+    played at that tempo, on otherwise when a target tempo is known). ``midi``: write a ``.mid`` per
+    pitched stem next to its WAV (:mod:`dr2studio.audio.transcribe`).
+    """
+
+    conform: bool | None = None
+    conform_bpm: float | None = None
+    midi: bool = False
+
+    def validate(self) -> None:
+        if self.conform is not None:
+            self.conform = _check_bool(self.conform, "conform")
+        if self.conform_bpm is not None:
+            self.conform_bpm = TEMPO.check(self.conform_bpm, "conform_bpm")
+        self.midi = _check_bool(self.midi, "midi")
+        if self.conform is False and self.conform_bpm is not None:
+            raise RequestError("conform_bpm", "conform_bpm is given but conform is off; drop one of them")

@@ -67,6 +67,7 @@ from dr2studio.requests import (
     PlainText,
     RequestError,
     SamplingRequest,
+    TakeRequest,
 )
 from dr2studio.song import Edit, Song
 
@@ -232,6 +233,28 @@ class Studio:
         decoder = load_decoder(model_dir, device=dit.device, dtype=dec_dtype)
         log.info("studio: model %s on %s (%s)", model_dir, dit.device, dit.dtype)
         return cls(dit, decoder, model_dir, g2p_assets=g2p_assets)
+
+    # -- ratings -------------------------------------------------------------------------------------
+    @staticmethod
+    def rate(project: str | os.PathLike, take: str, stars: int, *, dimension: str = "overall") -> Any:
+        """Rate ``take`` of the DAW project folder ``project`` 1..5 stars (``dimension``: ``overall`` or one
+        of :data:`dr2studio.ratings.DIMENSIONS`); returns the stored :class:`~dr2studio.ratings.Rating`.
+        Needs no model: ratings feed preference training (``dr2studio prefs export``), see docs/ratings.md."""
+        from dr2studio.ratings import RatingStore
+
+        return RatingStore(project).rate(take, stars, dimension=dimension, source="studio")
+
+    # -- takes into a DAW project ---------------------------------------------------------------------
+    @staticmethod
+    def export_stems(song: Song, project: str | os.PathLike, *, options: TakeRequest | None = None,
+                     **kwargs: Any) -> dict[str, Any]:
+        """Render ``song`` into the DAW project folder ``project`` as a take (stems, manifest entry), with
+        ``options`` for tempo conform and MIDI (:class:`~dr2studio.requests.TakeRequest`, checked at entry;
+        docs/conform_and_midi.md). ``kwargs`` are those of :func:`dr2studio.audio.stems.export_stems`.
+        Needs no model; returns the take's manifest entry."""
+        from dr2studio.audio.stems import export_stems
+
+        return export_stems(song, project, options=options, **kwargs)
 
     # -- properties ----------------------------------------------------------------------------------
     @property
@@ -560,7 +583,8 @@ class Studio:
             settings={"steps": steps, "cfg_strength": cfg_strength, "duration": duration, "stereo": bool(stereo), "edits": [],
                       "length": length, "full_length": bool(full_length),
                       "lyrics_coverage": coverage.to_dict(),
-                      **({"tempo_bpm": tempo} if tempo is not None else {})},
+                      **({"tempo_bpm": tempo} if tempo is not None else {}),
+                      **({"tempo_clock_bpm": tempo} if self._on_clock(tempo) else {})},
             model=self.fingerprint,
         )
 
@@ -785,6 +809,10 @@ class Studio:
                              cond.style, seed, steps, cfg_strength, edit, cond.tempo)
 
     # -- helpers ---------------------------------------------------------------------------------------
+    def _on_clock(self, tempo: float | None) -> bool:
+        """Whether this model's tempo clock plays a song at ``tempo`` (so its beat is on the grid)."""
+        return tempo is not None and getattr(self.dit, "clock_embed", None) is not None
+
     def _derived(self, song: Song, audio: torch.Tensor, latents: torch.Tensor, tokens: torch.Tensor | None,
                  lyrics: str, style: torch.Tensor, seed: int, steps: int, cfg_strength: float,
                  edit: Edit, tempo: float | None = None) -> Song:
@@ -793,6 +821,10 @@ class Studio:
         settings["length"] = edit.length  # the newest operation's; infill keeps the length by construction
         if tempo is not None:
             settings["tempo_bpm"] = tempo
+        if self._on_clock(tempo):
+            settings["tempo_clock_bpm"] = tempo  # played on the grid: a take is not conformed by default
+        else:
+            settings.pop("tempo_clock_bpm", None)
         return Song(
             audio=audio,
             sample_rate=song.sample_rate,

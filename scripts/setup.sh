@@ -10,12 +10,15 @@ PIP_VERSION="26.3"                 # pip itself is pinned too: its resolver deci
 LOCK="requirements/constraints.txt"  # every package of the default install, exact versions (Python 3.11, Linux)
 
 # espeak-ng: English lyrics (the released front end's phonemes). fluidsynth + a General MIDI soundfont:
-# the tests render real MIDI files into real 48 kHz recordings.
-APT_PACKAGES=(espeak-ng fluidsynth fluid-soundfont-gm)
+# the tests render real MIDI files into real 48 kHz recordings. chromium + chromium-driver: the web take
+# browser's tests drive a real headless browser (Debian's, so nothing is downloaded at test time).
+APT_PACKAGES=(espeak-ng fluidsynth fluid-soundfont-gm chromium chromium-driver)
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || missing+=(fluid-soundfont-gm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -32,4 +35,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "pip==${PIP_VERSION}"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c "$LOCK" -e ".[dev]"
+# audio to MIDI runs basic-pitch's shipped ONNX model; its wheel would pull TensorFlow on Linux, so it is
+# installed without dependencies (what its note creation needs is the "midi" extra above)
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "basic-pitch==0.4.0"
 .venv/bin/python -m dr2studio.stack_check

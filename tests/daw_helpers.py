@@ -87,4 +87,41 @@ reaper = {
   PreventUIRefresh = function() end, UpdateArrange = function() end,
   ShowMessageBox = function(m) error(m) end,
 }
+-- REAPER 7 fixed item lanes, source types and the console (the import action's lanes, MIDI and errors)
+console = {}
+local TRACK_DEFAULTS = { I_FREEMODE = 0, I_NUMFIXEDLANES = 1 }
+local function media_type(f)
+  local h = io.open(f, "rb"); if h == nil then return "" end
+  local head = h:read(12) or ""; h:close()
+  if head:sub(1, 4) == "RIFF" and head:sub(9, 12) == "WAVE" then return "WAVE" end
+  if head:sub(1, 4) == "MThd" then return "MIDI" end
+  if head:sub(1, 4) == "fLaC" then return "FLAC" end
+  return ""
+end
+reaper.GetMediaSourceType = function(src, buf) return media_type(src.file) end
+reaper.PCM_Source_Destroy = function(src) src.destroyed = true end
+reaper.GetMediaTrackInfo_Value = function(tr, k)
+  if tr[k] ~= nil then return tr[k] end
+  if k:sub(1, 12) == "C_LANEPLAYS:" then return 0 end
+  return TRACK_DEFAULTS[k] or 0
+end
+reaper.SetMediaTrackInfo_Value = function(tr, k, v) tr[k] = v; return true end
+local set_track_string = reaper.GetSetMediaTrackInfo_String
+reaper.GetSetMediaTrackInfo_String = function(tr, k, v, set)
+  if k == "P_NAME" then return set_track_string(tr, k, v, set) end
+  if set then tr[k] = v end
+  return tr[k] ~= nil, tr[k] or ""
+end
+local function track_items(tr)
+  local out = {}
+  for _, item in ipairs(placed) do if item.track == tr.name then out[#out + 1] = item end end
+  return out
+end
+reaper.CountTrackMediaItems = function(tr) return #track_items(tr) end
+reaper.GetTrackMediaItem = function(tr, i) return track_items(tr)[i + 1] end
+reaper.GetMediaItemInfo_Value = function(item, k) return item[k] or 0 end
+reaper.TimeMap2_timeToQN = function(_, t) return t * 2 end  -- a 120 bpm project
+reaper.TimeMap2_QNToTime = function(_, qn) return qn / 2 end
+reaper.UpdateTimeline = function() end
+reaper.ShowConsoleMsg = function(m) console[#console + 1] = m end
 '''

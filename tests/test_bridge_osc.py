@@ -450,6 +450,7 @@ def test_reaper_import_script_places_the_takes(client, tmp_path):
     assert [(i["track"], i["file"], i["D_POSITION"]) for i in items] == [
         ("dr2 mix", str(project / t["files"]["mix"]), pytest.approx(t["position_seconds"])) for t in takes]
     assert items[1]["D_POSITION"] > 0
+    assert [i["I_FIXEDLANE"] for i in items] == [0, 1]  # two versions on lanes of one track (docs/reaper.md)
     lua.execute(script)  # already imported: nothing new
     assert len(lua.globals().placed) == 2
 

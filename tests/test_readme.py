@@ -25,7 +25,7 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-LONG_RUNNING = {"serve", "bridge"}
+LONG_RUNNING = {"serve", "bridge", "ui"}
 NEEDS_DOWNLOAD = ("ASLP-lab/", "--separate", "--style-audio")
 
 pytestmark = pytest.mark.slow

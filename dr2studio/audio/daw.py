@@ -241,8 +241,12 @@ def write_take(
     info: Mapping[str, Any],
     *,
     subtype: str = "PCM_24",
+    midi: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """Write ``{stem: (audio [C, N], rate)}`` as ``<takes_dir>/<take>/<stem>.wav`` and record the take.
+
+    ``midi`` (``{stem: Standard MIDI File bytes}``) is written as ``<stem>.mid`` beside the WAVs, in the same
+    staging folder, and listed in the entry's ``midi`` field: a take appears with all its files or not at all.
 
     ``info`` (position_seconds, lyrics, seed, settings, ...; see docs/manifest.md) becomes the manifest
     entry through :func:`~dr2studio.audio.project_manifest.take_entry`; the entry is returned. A take name
@@ -268,6 +272,8 @@ def write_take(
             resolve_inside(layout.root, staging, "staging folder")  # nothing swapped a link in meanwhile
             for stem, (audio, rate) in stems.items():
                 write_audio(staging / f"{stem}.wav", audio, rate, subtype=subtype)
+            for stem, data in (midi or {}).items():
+                (staging / f"{stem}.mid").write_bytes(data)
             final = layout.takes_dir / name
             os.replace(staging, final)
         except BaseException:
@@ -275,6 +281,8 @@ def write_take(
             raise
         created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         try:
+            if midi:
+                info = {**info, "midi": {stem: layout.relative(final / f"{stem}.mid") for stem in midi}}
             entry = take_entry(name, created, {stem: layout.relative(final / f"{stem}.wav") for stem in stems}, info)
             manifest.setdefault("takes", []).append(entry)
             manifest["daw"] = layout.daw

@@ -59,6 +59,8 @@ TAKE_DEFAULTS: dict[str, Any] = {
     "preset": None,
     "separated": False,
     "stems": {},
+    "conform": None,  # tempo conform (dr2studio.audio.conform.ConformPlan.manifest) or null
+    "midi": {},  # stem -> .mid path relative to the project (dr2studio.audio.transcribe)
 }
 
 
@@ -167,6 +169,10 @@ def take_entry(take: str, created: str, files: Mapping[str, str], info: Mapping[
     entry["position_seconds"] = float(position)
     if not isinstance(entry["stems"], dict):
         raise ManifestError("take 'stems' must map a stem name to its render details")
+    if entry["conform"] is not None and not isinstance(entry["conform"], dict):
+        raise ManifestError("take 'conform' must be null or an object (docs/manifest.md)")
+    if not isinstance(entry["midi"], dict):
+        raise ManifestError("take 'midi' must map a stem name to its .mid file")
     return entry
 
 

@@ -32,6 +32,7 @@ from dr2studio.audio.effects import (
     runnable_effects,
 )
 from dr2studio.audio.io import resample
+from dr2studio.requests import TakeRequest
 
 __all__ = [
     "STEMS",
@@ -265,18 +266,29 @@ def render_take(
     sample_rate: int | None = None,
     loudness_lufs: float | None = None,
     after_stem: Callable[[str], None] | None = None,
+    options: TakeRequest | None = None,
+    song_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render ``{stem: audio [C, N]}`` at ``source_rate`` into ``layout`` as one take; returns its manifest entry.
 
     The one path from audio to ``dr2studio.json`` for the CLI, the Python API and the bridge, so every
     take has the same entry shape. ``presets(stem)`` picks each stem's preset; ``after_stem`` is called
     after each stem is rendered (progress, cancellation).
+
+    ``options`` (:class:`~dr2studio.requests.TakeRequest`): tempo conform runs first, on every stem alike
+    (analysed on the mix; target: ``conform_bpm``, else ``info["bpm"]``; ``song_settings`` tell whether a
+    model's tempo clock already played the song on the grid), then the effects; MIDI is transcribed from
+    the rendered stems and written with the take (docs/conform_and_midi.md).
     """
     from dr2studio.audio.daw import write_take
 
     if loudness_lufs is not None and not (-60.0 <= loudness_lufs <= 0.0):
         raise ValueError(f"loudness target must be in [-60, 0] LUFS, got {loudness_lufs}")
     rate = project_rate(layout, sample_rate)
+    opts = options if options is not None else TakeRequest()
+    opts.validate()
+    timesig = _timesig(info.get("timesig"))
+    sources, plan = _conformed(sources, source_rate, opts, info, song_settings, timesig[0])
     rendered: dict[str, RenderedStem] = {}
     for name, audio in sources.items():
         rendered[name] = render_stem(name, audio, source_rate, presets(name), target_sample_rate=rate,
@@ -290,8 +302,56 @@ def render_take(
         "source_sample_rate": int(source_rate),
         "duration_seconds": length / rate,
         "stems": {n: r.manifest() for n, r in rendered.items()},
+        "conform": plan.manifest() if plan is not None else None,
     }
-    return write_take(layout, take, {n: (r.audio, r.sample_rate) for n, r in rendered.items()}, details)
+    midi: dict[str, bytes] = {}
+    if opts.midi:
+        from dr2studio.audio.transcribe import transcribe_stems
+
+        bpm = plan.target_bpm if plan is not None else _project_bpm(opts, info, song_settings)
+        midi = transcribe_stems({n: (r.audio, r.sample_rate) for n, r in rendered.items()}, bpm=bpm, timesig=timesig)
+    return write_take(layout, take, {n: (r.audio, r.sample_rate) for n, r in rendered.items()}, details, midi=midi)
+
+
+def _timesig(value: Any) -> tuple[int, int]:
+    """A take's meter from its ``info["timesig"]`` (``[num, den]``), else 4/4."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return int(value[0]), int(value[1])
+    return 4, 4
+
+
+def _project_bpm(opts: TakeRequest, info: Mapping[str, Any], settings: Mapping[str, Any] | None) -> float:
+    """The tempo a take's MIDI is mapped to: the conform target, the session's, the song's, else 120 bpm."""
+    for value in (opts.conform_bpm, info.get("bpm"), (settings or {}).get("tempo_bpm")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return 120.0
+
+
+def _conformed(sources: Mapping[str, torch.Tensor], rate: int, opts: TakeRequest, info: Mapping[str, Any],
+               settings: Mapping[str, Any] | None, beats_per_bar: int) -> tuple[Mapping[str, torch.Tensor], Any]:
+    """``sources`` conformed alike (analysed on the mix) and the plan, or unchanged and None when conform is off.
+
+    A take with no steady beat fails when conform was asked for, and is delivered unconformed (with a
+    warning) when conform was only the default.
+    """
+    from dr2studio.audio.conform import ConformError, apply_conform, conform_wanted, plan_conform
+
+    target = opts.conform_bpm if opts.conform_bpm is not None else info.get("bpm")
+    if not conform_wanted(opts.conform, target, settings):
+        return sources, None
+    mix = sources["mix"] if "mix" in sources else next(iter(sources.values()))
+    try:
+        plan = plan_conform(mix, rate, float(target), position_seconds=float(info.get("position_seconds") or 0.0),
+                            beats_per_bar=beats_per_bar)
+    except ConformError as exc:
+        if opts.conform:
+            raise
+        log.warning("take not conformed to %g bpm: %s", float(target), exc)
+        return sources, None
+    log.info("conform: %.2f -> %.2f bpm (length x%.4f), first downbeat at %.3f s, key %s", plan.detected_bpm,
+             plan.target_bpm, plan.stretch_ratio, plan.first_downbeat_seconds, plan.key)
+    return {name: apply_conform(audio.float(), rate, plan) for name, audio in sources.items()}, plan
 
 
 def export_stems(
@@ -309,6 +369,7 @@ def export_stems(
     separator_weights: str | os.PathLike | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     origin: str = "api",
+    options: TakeRequest | None = None,
 ) -> dict[str, Any]:
     """Render ``song`` (a :class:`~dr2studio.song.Song`) into a DAW project and record it in the manifest.
 
@@ -316,7 +377,8 @@ def export_stems(
     (default: the project's rate, else 48 kHz), goes through the preset's chain and loudness
     normalisation, and is written as 24-bit WAV. ``position`` is the take's start on the timeline in
     seconds. Everything is checked (project folder, manifest, preset, rates) before anything is
-    written. Returns the manifest entry of the new take (docs/manifest.md).
+    written. Returns the manifest entry of the new take (docs/manifest.md). ``options`` asks for tempo
+    conform and MIDI (:class:`~dr2studio.requests.TakeRequest`; docs/conform_and_midi.md).
     """
     from dr2studio.audio.daw import check_project_writable, project_layout
     from dr2studio.audio.effects import load_preset
@@ -329,6 +391,12 @@ def export_stems(
         raise ValueError(f"loudness target must be in [-60, 0] LUFS, got {loudness_lufs}")
     if isinstance(position, bool) or not (float(position) >= 0.0):
         raise ValueError(f"timeline position must be >= 0 seconds, got {position}")
+    from dr2studio.audio.conform import conform_wanted
+
+    options = options if options is not None else TakeRequest()
+    options.validate()  # a tempo of 0 fails here, before separation
+    settings = song.settings if isinstance(getattr(song, "settings", None), dict) else {}
+    conform_wanted(options.conform, options.conform_bpm, settings)  # conform asked for without a tempo fails now
     sources: dict[str, torch.Tensor] = {"mix": song.audio.float()}
     steps = len(STEMS) + 1 if separate else 1  # separation + one render per stem
     done = 0
@@ -357,5 +425,8 @@ def export_stems(
         "separated": bool(separate),
     }
     name = take or (Path(source_path).stem if source_path else "take")
+    if options.conform_bpm is not None:
+        info["bpm"] = options.conform_bpm
     return render_take(layout, name, sources, song.sample_rate, lambda _stem: chosen, info, sample_rate=sample_rate,
-                       loudness_lufs=loudness_lufs, after_stem=lambda stem: tick(f"render {stem}"))
+                       loudness_lufs=loudness_lufs, after_stem=lambda stem: tick(f"render {stem}"), options=options,
+                       song_settings=settings)

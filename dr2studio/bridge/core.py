@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dr2studio import __version__
-from dr2studio.bridge.deliver import changed_region, crop_song, deliver_take, song_region
+from dr2studio.bridge.deliver import TakeWritten, changed_region, crop_song, deliver_take, song_region, take_written
 from dr2studio.bridge.paths import PathError, check_name, read_text_inside
 from dr2studio.bridge.persist import check_preset_name, clear_song, restore_session, save_session
 from dr2studio.bridge.session import BridgeError, Session, refused
@@ -36,6 +36,7 @@ from dr2studio.requests import (
     EXTEND_SECONDS,
     SEED,
     SamplingRequest,
+    TakeRequest,
     check_daw,
 )
 
@@ -79,6 +80,7 @@ class _Queued:
     owner: Session
     steps: int
     cfg_strength: float
+    take: Any = None  # the TakeRequest (conform, MIDI) in force at submit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +130,8 @@ class Bridge:
         self._stems: dict[str, list[list]] = {}  # job id -> stem event args, for replays
         self._live: dict[Path, Session] = {}  # sessions with queued jobs or takes, by project: one object per project
         self._queue = JobQueue(self._run_job, workers=1, max_pending=max_pending, name="dr2-bridge")
+        self._take_listeners: list[Callable[[TakeWritten], None]] = []  # DAW placement (docs/ableton.md)
+        self.take_options = TakeRequest()  # /dr2/take/conform, /dr2/take/midi (docs/conform_and_midi.md)
 
     # ------------------------------------------------------------------ events
     def add_sink(self, sink: Sink) -> None:
@@ -164,6 +168,18 @@ class Bridge:
             code = job.error_code if job is not None and job.error_code is not None else event.code
             self.emit("/dr2/job/error", event.job_id, code.http_status if code is not None else ERROR_CODES["failed"],
                       event.message)
+
+    def add_take_listener(self, listener: Callable[[TakeWritten], None]) -> None:
+        """Call ``listener(take)`` after each take is written and its stem events sent (from the job's
+        thread: a listener that talks to a DAW hands the work to a thread of its own)."""
+        with self._lock:
+            if listener not in self._take_listeners:
+                self._take_listeners.append(listener)
+
+    def remove_take_listener(self, listener: Callable[[TakeWritten], None]) -> None:
+        with self._lock:
+            if listener in self._take_listeners:
+                self._take_listeners.remove(listener)
 
     # ---------------------------------------------------------------- commands
     def ping(self) -> str:
@@ -248,6 +264,37 @@ class Bridge:
         with self._lock:
             self.require_session().set_timesig(num, den)
 
+    def follow_daw(self, *, bpm: float | None = None, timesig: tuple[int, int] | None = None,
+                   sections: list[tuple[str, str, float, float]] | None = None) -> list[str]:
+        """Make the open session follow what the DAW reports (its tempo, meter, locators); returns the
+        names of the fields that changed (none when the DAW says what the session already has).
+
+        All or nothing: every value is checked on a scratch session first, so a bad tempo or one bad
+        section leaves the session as it was. ``sections`` ``(sec_id, kind, start_beats, length_beats)``
+        replace the session's sections (lyrics stay with their section ids).
+        """
+        with self._lock:
+            session = self.require_session()
+            scratch = Session(project=session.project, daw=session.daw)
+            if bpm is not None:
+                scratch.set_tempo(bpm)
+            if timesig is not None:
+                scratch.set_timesig(*timesig)
+            if sections is not None:
+                for sec_id, kind, start, length in sections:
+                    scratch.define_section(sec_id, kind, start, length)
+            changed = []
+            if bpm is not None and (scratch.bpm != session.bpm or session.tempo_map is not None):
+                session.set_tempo(scratch.bpm)
+                changed.append("bpm")
+            if timesig is not None and scratch.timesig != session.timesig:
+                session.set_timesig(*scratch.timesig)
+                changed.append("timesig")
+            if sections is not None and scratch.sections != session.sections:
+                session.sections = scratch.sections
+                changed.append("sections")
+            return changed
+
     def update_session(self, change: Callable[[Session], Any]) -> Any:
         """Run ``change(session)`` under the bridge lock, so a multi-field update (a MIDI file's plan)
         never interleaves with a job reading the session."""
@@ -266,6 +313,25 @@ class Bridge:
         with self._lock:
             self.require_session()
             self.steps, self.cfg_strength = steps, cfg_strength
+
+    def set_conform(self, on: int, bpm: float | None = None) -> None:
+        """Tempo conform of later takes (``/dr2/take/conform i:on [f:bpm]``): 1 on, 0 off, -1 the default by
+        model; ``bpm`` a fixed target instead of the session's tempo. Checked by the request layer."""
+        if on not in (-1, 0, 1):
+            raise BridgeError(f"/dr2/take/conform: on must be 1 (on), 0 (off) or -1 (default by model), got {on}")
+        options = TakeRequest(conform=None if on == -1 else bool(on), conform_bpm=bpm,
+                              midi=self.take_options.midi)
+        with refused():
+            options.validate()
+        with self._lock:
+            self.require_session()
+            self.take_options = options
+
+    def set_midi(self, on: int) -> None:
+        """Write a ``.mid`` per pitched stem with later takes (``/dr2/take/midi i:on``)."""
+        with self._lock:
+            self.require_session()
+            self.take_options = dataclasses.replace(self.take_options, midi=bool(on))
 
     def define_section(self, sec_id: str, kind: str, start_beats: float, length_beats: float) -> None:
         with self._lock:
@@ -330,7 +396,7 @@ class Bridge:
         with self._lock:
             owner = self.require_session()
             # what to render is fixed now: another client may change or switch the session before it runs
-            queued = _Queued(spec, owner.snapshot(), owner, self.steps, self.cfg_strength)
+            queued = _Queued(spec, owner.snapshot(), owner, self.steps, self.cfg_strength, self.take_options)
             self._prepare(queued, dry_run=True)  # fail fast on what can be checked now
             existing = self._queue.get(job_id)
             if existing is None:
@@ -463,7 +529,8 @@ class Bridge:
         position_beats = session.beat_after(plan.origin, start_s)
         written = deliver_take(session, job_id, region, position_beats=position_beats,
                                position_seconds=session.seconds(position_beats), request=request,
-                               check=ctx.check, seed=_job_seed(request.kind, song), **self.stem_options)
+                               check=ctx.check, seed=_job_seed(request.kind, song), song=song,
+                               take_options=queued.take, **self.stem_options)
         events = [[job_id, f.stem, str(f.path), float(position_beats), float(session.seconds(position_beats)),
                    int(f.sample_rate)] for f in written]
         with self._lock:
@@ -482,4 +549,13 @@ class Bridge:
             owner.last_take = job_id
         for args in events:
             self.emit("/dr2/job/stem", *args)
+        with self._lock:
+            listeners = list(self._take_listeners)
+        if listeners:
+            take = take_written(session, job_id, written, position_beats, session.seconds(position_beats))
+            for listener in listeners:
+                try:
+                    listener(take)
+                except Exception:  # placing in a DAW is extra: the take is written either way
+                    log.exception("take listener failed for %s", job_id)
         return len(written)

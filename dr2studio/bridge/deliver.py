@@ -21,7 +21,8 @@ from dr2studio.bridge.session import BridgeError, Session
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeliveredFile", "song_region", "crop_song", "changed_region", "deliver_take", "DEFAULT_PRESET"]
+__all__ = ["DeliveredFile", "song_region", "crop_song", "changed_region", "deliver_take", "DEFAULT_PRESET",
+           "TakeWritten", "take_written"]
 
 DEFAULT_PRESET = "clean"
 
@@ -38,6 +39,42 @@ def _audio(song: Any) -> torch.Tensor:
     if not isinstance(audio, torch.Tensor):
         audio = torch.as_tensor(audio)
     return audio.float().reshape(-1, audio.shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class TakeWritten:
+    """A take now complete in the project, for whatever puts it on the DAW's timeline (the Ableton
+    Remote Script, a DAW action): its ``files`` (one WAV per stem), the ``.mid`` files its manifest
+    entry lists (``midi``: ``{stem: path relative to the project}``), its ``folder`` and position."""
+
+    job_id: str
+    project: Path
+    daw: str
+    position_beats: float
+    position_seconds: float
+    files: tuple[DeliveredFile, ...]
+    folder: Path
+    midi: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def take_written(session: Session, job_id: str, files: list[DeliveredFile], position_beats: float,
+                 position_seconds: float) -> TakeWritten:
+    """The :class:`TakeWritten` of a take :func:`deliver_take` just wrote (its manifest entry read back
+    for the ``midi`` field; an unreadable manifest only leaves that empty)."""
+    from dr2studio.audio.daw import ProjectError, project_layout, read_manifest
+
+    folder = Path(files[0].path).parent if files else Path(session.project)
+    midi: dict[str, str] = {}
+    try:
+        entries = read_manifest(project_layout(session.project, session.daw)).get("takes", [])
+        for entry in reversed(entries):
+            if entry.get("job") == job_id and entry.get("take") == folder.name:
+                midi = {str(k): str(v) for k, v in (entry.get("midi") or {}).items()}
+                break
+    except (ProjectError, OSError, ValueError, AttributeError) as exc:
+        log.warning("could not read the manifest entry of take %s: %s", job_id, exc)
+    return TakeWritten(job_id, Path(session.project), session.daw, float(position_beats), float(position_seconds),
+                       tuple(files), folder, midi)
 
 
 def song_region(song: Any, start_s: float, end_s: float | None) -> tuple[tuple[torch.Tensor, int], float]:
@@ -106,17 +143,39 @@ def _load_separator(weights: str | None) -> Any:
         return _SEPARATORS[weights]
 
 
+def _keep_song(session: Session, job_id: str, song: Any) -> Path | None:
+    """Save the job's song (audio + sidecar) as ``<project>/.dr2studio/takes/<job>-<id>.wav``: a fresh name, as
+    job ids repeat across bridge runs. A song without latents is not kept (there is nothing to train on)."""
+    if not getattr(song, "has_latents", False) or not hasattr(song, "save"):
+        return None
+    import uuid
+
+    from dr2studio.bridge.persist import STATE_DIR
+
+    try:
+        folder = ensure_dir_inside(session.project, f"{STATE_DIR}/takes")
+    except PathError as exc:
+        raise BridgeError(f"cannot keep the take's song in the project: {exc}", 403) from exc
+    path = folder / f"{job_id}-{uuid.uuid4().hex[:8]}.wav"
+    song.save(path)
+    return path
+
+
 def deliver_take(session: Session, job_id: str, region: tuple[torch.Tensor, int], *, position_beats: float,
                  position_seconds: float, request: Any, check: Callable[[], None] = lambda: None,
                  separate: bool = False, separator: Any = None, sample_rate: int | None = None,
                  preset: str = DEFAULT_PRESET, loudness_lufs: float | None = None,
-                 separator_weights: str | None = None, seed: int | None = None) -> list[DeliveredFile]:
+                 separator_weights: str | None = None, seed: int | None = None, song: Any = None,
+                 take_options: Any = None) -> list[DeliveredFile]:
     """Render ``region`` (audio ``[C, n]``, rate) as stems into the session's project; one file per stem.
 
     ``separate`` adds vocals / drums / bass / other (Hybrid Demucs). Each stem uses the session's fx
     preset for it, else ``preset``. ``check`` is called between steps to honour cancellation. The take
     is written by :func:`dr2studio.audio.stems.render_take`, the same writer as ``dr2studio stems``, so
-    its manifest entry has the same shape (docs/manifest.md).
+    its manifest entry has the same shape (docs/manifest.md). ``song`` (the whole song the job made) is
+    kept with its sidecar under ``.dr2studio/takes/`` and linked from the entry's ``song`` field, so the
+    take's latents and conditions can be found again (``dr2studio prefs export``). ``take_options`` (a
+    :class:`~dr2studio.requests.TakeRequest`) asks for tempo conform to the session's tempo and MIDI.
     """
     from dr2studio.audio.daw import ProjectError, project_layout
     from dr2studio.audio.effects import load_preset
@@ -157,7 +216,19 @@ def deliver_take(session: Session, job_id: str, region: tuple[torch.Tensor, int]
         "settings": {"steps": getattr(request, "steps", None), "cfg_strength": getattr(request, "cfg_strength", None),
                      "fx": fx},
     }
-    entry = render_take(layout, job_id, sources, rate, presets.__getitem__, info, sample_rate=sample_rate,
-                        loudness_lufs=loudness_lufs, after_stem=lambda _stem: check())
+    kept = _keep_song(session, job_id, song) if song is not None else None
+    if kept is not None:
+        info["song"] = kept.relative_to(layout.root).as_posix()
+    try:
+        entry = render_take(layout, job_id, sources, rate, presets.__getitem__, info, sample_rate=sample_rate,
+                            loudness_lufs=loudness_lufs, after_stem=lambda _stem: check(), options=take_options,
+                            song_settings=getattr(song, "settings", None))
+    except BaseException:
+        if kept is not None:  # no song file without its take
+            from dr2studio.song import sidecar_path
+
+            for path in (kept, sidecar_path(kept)):
+                path.unlink(missing_ok=True)
+        raise
     rate_out = int(entry["sample_rate"])
     return [DeliveredFile(stem, layout.root / rel, rate_out) for stem, rel in entry["files"].items()]

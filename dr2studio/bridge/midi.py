@@ -8,6 +8,8 @@ Control channel 16 (mido channel 15):
   6 instrumental) for sections created from MIDI, and for the section selected with CC 20;
 - CC 20 section index (timeline order, 0-based), CC 21 length in bars (0 means 8), CC 22 guidance
   (cfg = value / 127 * 10), CC 23 / 24 seed MSB / LSB (14 bits);
+- notes 48..52 rate the newest take 1..5 stars, on the dimension CC 25 selects (0 overall, 1 musicality,
+  2 lyric accuracy, 3 style similarity, 4 audio quality; see :mod:`dr2studio.bridge.rating`);
 - Song Position Pointer (16th notes: beats = value / 4) and clock / start / continue / stop;
 - SysEx ``F0 7D <cmd> <base64 UTF-8 text> F7``: cmd 1 lyrics of the current section, 2 lyrics of a
   named section (first line = section id), 3 style, 4 tempo, 5 open a session (``path`` then
@@ -39,7 +41,9 @@ from typing import Any, Callable
 from dr2studio.bridge.core import Bridge, BridgeJob
 from dr2studio.bridge.outbox import Outbox
 from dr2studio.bridge.paths import PathError
+from dr2studio.bridge.rating import rate_newest_take
 from dr2studio.bridge.session import BridgeError
+from dr2studio.ratings import DIMENSIONS, OVERALL
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,9 @@ __all__ = ["MidiController", "MidiTcpServer", "MidiStream", "open_virtual_port",
 CONTROL_CHANNEL = 15  # "channel 16" in the 1-based numbering DAWs show
 SYSEX_ID = 0x7D
 NOTE_CONTINUE, NOTE_REGENERATE, NOTE_CANCEL, NOTE_COMMIT = 36, 37, 38, 39
+#: Notes NOTE_RATE_FIRST .. +4 rate the newest take 1..5 stars; CC_RATE_DIMENSION picks what they rate.
+NOTE_RATE_FIRST, CC_RATE_DIMENSION = 48, 25
+RATE_DIMENSIONS = (OVERALL, *DIMENSIONS)  # CC 25 value -> dimension
 PROGRAM_KINDS = ("intro", "verse", "pre-chorus", "chorus", "bridge", "outro", "instrumental")
 CMD_LYRICS, CMD_LYRICS_FOR, CMD_STYLE, CMD_TEMPO, CMD_OPEN, CMD_SECTION, CMD_EVENT = 1, 2, 3, 4, 5, 6, 0x10
 #: Data bytes of one SysEx (between F0 and F7); longer ones are dropped with an error, unbuffered.
@@ -94,6 +101,7 @@ class MidiController:
         self.kind = "verse"
         self.length_bars = DEFAULT_BARS
         self.cfg_strength: float | None = None
+        self.rate_dimension = RATE_DIMENSIONS[0]
         self._seed_msb: int | None = None
         self._seed_lsb: int | None = None
         self.jobs: list[str] = []
@@ -184,6 +192,11 @@ class MidiController:
             self._seed_msb = value
         elif control == 24:
             self._seed_lsb = value
+        elif control == CC_RATE_DIMENSION:
+            if value >= len(RATE_DIMENSIONS):
+                raise BridgeError(f"CC {CC_RATE_DIMENSION} value {value} is not a rating dimension "
+                                  f"(0..{len(RATE_DIMENSIONS) - 1}: {', '.join(RATE_DIMENSIONS)})")
+            self.rate_dimension = RATE_DIMENSIONS[value]
 
     def _selected(self):
         session = self.bridge.require_session()
@@ -225,6 +238,8 @@ class MidiController:
                     self.bridge.cancel(job.id)
         elif note == NOTE_COMMIT:
             self.bridge.commit()
+        elif NOTE_RATE_FIRST <= note < NOTE_RATE_FIRST + 5:
+            rate_newest_take(self.bridge, note - NOTE_RATE_FIRST + 1, self.rate_dimension, source="midi")
 
     def _submit(self, spec: BridgeJob) -> None:
         job_id = f"midi-{uuid.uuid4().hex[:10]}"

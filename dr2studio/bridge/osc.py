@@ -43,6 +43,7 @@ from pythonosc.osc_message_builder import build_msg
 from dr2studio.bridge.core import Bridge, BridgeJob
 from dr2studio.bridge.outbox import Outbox
 from dr2studio.bridge.paths import PathError
+from dr2studio.bridge.rating import rate_take
 from dr2studio.bridge.session import BridgeError
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,13 @@ def _routes(server: "OscServer") -> dict[str, _Route]:
         "/dr2/gen/cancel": _Route("s", "", lambda j: b.cancel(j) and None, "job_id"),
         "/dr2/gen/options": _Route("if", "", b.set_options, "steps, cfg_strength"),
         "/dr2/take/commit": _Route("", "s", lambda j=None: b.commit(j) and None, "make a take the song (autocommit off)"),
+        "/dr2/take/rate": _Route("si", "s", lambda t, n, d="overall": rate_take(b, t, n, d, source="osc") and None,
+                                 "take (name or job id), stars 1..5 [, dimension: overall (default), musicality, "
+                                 "lyric_accuracy, style_similarity, audio_quality]; event /dr2/take/rated s:take s:dimension i:stars s:source"),
         "/dr2/fx/preset": _Route("ss", "", b.set_fx, "stem, preset"),
+        "/dr2/take/conform": _Route("i", "f", b.set_conform, "tempo conform of later takes: 1 on, 0 off, -1 default "
+                                    "by model; optional fixed target bpm (default: the session tempo)"),
+        "/dr2/take/midi": _Route("i", "", lambda on: b.set_midi(on), "1: write a .mid per pitched stem with later takes"),
         "/dr2/midi/file": _Route("s", "i", lambda p, merge=0: server.import_midi(p, bool(merge)),
                                  "import sections, lyrics and tempo map from a .mid/.kar in the project; "
                                  "merge 1 keeps the sections there are (default: replace them); "
@@ -260,6 +267,10 @@ class OscServer:
         self._conns: set[_TcpConnection] = set()
         self._conns_lock = threading.Lock()
         self.midi_import: Callable[[str, bool], Any] | None = None
+        #: DAW surfaces heard on this port with their own addresses (REAPER's OSC surface:
+        #: :class:`~dr2studio.bridge.reaper_surface.ReaperSurface`): ``handles(address)`` claims an
+        #: address, ``handle(address, args)`` returns a reply or ``None`` (no reply).
+        self.surfaces: list[Any] = []
         self._routes = _routes(self)
         self._subs_lock = threading.Lock()
         self._udp_subs: list[tuple[str, int]] = []
@@ -343,14 +354,20 @@ class OscServer:
         self._local.sender = sender
         try:
             for message in messages:
-                address, args = self._dispatch(message.address, tuple(message.params))
+                reply = self._dispatch(message.address, tuple(message.params))
+                if reply is None:  # a DAW surface's feedback: nothing to answer
+                    continue
+                address, args = reply
                 self._reply(sender, address, list(args))
         finally:
             self._local.sender = None
 
-    def _dispatch(self, address: str, args: tuple) -> tuple[str, list]:
+    def _dispatch(self, address: str, args: tuple) -> tuple[str, list] | None:
         route = self._routes.get(address)
         if route is None:
+            for surface in self.surfaces:
+                if surface.handles(address):
+                    return surface.handle(address, args)
             if any(c in address for c in _PATTERN_CHARS):
                 return ("/dr2/error", [address, f"OSC address patterns ({' '.join(_PATTERN_CHARS)}) are not "
                                                 "supported; send the exact address"])

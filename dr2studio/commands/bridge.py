@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from dr2studio.commands._studio_cli import DawType, LimitType
-from dr2studio.requests import CFG_STRENGTH, DEFAULT_CFG_STRENGTH, DEFAULT_STEPS, STEPS
+from dr2studio.requests import CFG_STRENGTH, DEFAULT_CFG_STRENGTH, DEFAULT_STEPS, PLACE_TIMEOUT, STEPS
 
 __all__ = ["bridge"]
 
@@ -73,6 +73,36 @@ def _engine(model: str | None, engine_url: str | None, device: str | None, style
         raise click.ClickException(f"--model {model}: {exc}") from exc
 
 
+def _reaper_action(target: str | None, command_id: str | None):
+    """The import action to trigger in REAPER after each take, or None; both options or neither."""
+    if target is None and command_id is None:
+        return None
+    if target is None or command_id is None:
+        raise click.ClickException("--reaper-osc HOST:PORT and --reaper-action COMMAND_ID go together")
+    from dr2studio.bridge.reaper_surface import ReaperAction, parse_action_target
+    from dr2studio.bridge.session import BridgeError
+
+    try:
+        return ReaperAction(*parse_action_target(target), command_id)
+    except BridgeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _ableton_link(bridge, target: str | None, reply_port: int, script_port: int, place_timeout: float):
+    """Follow Live through AbletonOSC and place takes with the DR2Studio Remote Script (docs/ableton.md)."""
+    if target is None:
+        return None
+    from dr2studio.bridge.ableton import LIVE_PORT, AbletonFollower, AbletonLink, LivePlacer, parse_hostport
+    from dr2studio.bridge.session import BridgeError
+
+    try:
+        live = parse_hostport(target, LIVE_PORT)
+        placer = LivePlacer(live[0], script_port, place_timeout) if script_port else None
+        return AbletonLink(bridge, AbletonFollower(bridge, live, reply_port=reply_port), placer).start()
+    except (ValueError, BridgeError) as exc:
+        raise click.ClickException(f"--ableton {target}: {exc}") from exc
+
+
 @click.command("bridge")
 @click.option("--model", metavar="DIR", help="Run this model in the bridge process (directory or hub id).")
 @click.option("--engine", "engine_url", metavar="URL", help="Use a `dr2studio serve` deployment instead, e.g. http://127.0.0.1:8000.")
@@ -106,9 +136,26 @@ def _engine(model: str | None, engine_url: str | None, device: str | None, style
               help="Close an OSC TCP connection with no traffic either way for this many seconds (/dr2/ping keeps it).")
 @click.option("--send-stall", type=click.FloatRange(0.1, 3600.0), show_default="10",
               help="Disconnect a TCP client that takes no bytes for this many seconds while events wait for it.")
+@click.option("--reaper-osc", metavar="HOST:PORT",
+              help="REAPER's OSC listen port (its OSC surface's 'Local listen port'): after each take the bridge "
+                   "sends /action/<--reaper-action> there (docs/reaper.md).")
+@click.option("--reaper-action", metavar="COMMAND_ID",
+              help="Command id of the dr2_import_takes.lua action in REAPER's action list, e.g. _RS7f3c...")
+@click.option("--ableton", "ableton_target", metavar="HOST[:PORT]",
+              help="Follow Ableton Live's tempo, time signature and locators through AbletonOSC (port 11000) "
+                   "and place takes with the DR2Studio Remote Script (docs/ableton.md).")
+@click.option("--ableton-reply-port", default=11001, show_default=True, type=click.IntRange(1, 65535),
+              help="Port AbletonOSC answers on (it is fixed in AbletonOSC).")
+@click.option("--ableton-script-port", default=11010, show_default=True, type=click.IntRange(0, 65535),
+              help="UDP port of the DR2Studio Remote Script in Live; 0: do not place takes, only write them.")
+@click.option("--ableton-place-timeout", default=5.0, show_default=True, type=LimitType(PLACE_TIMEOUT),
+              help="Seconds to wait for the Remote Script before the take stays in Samples/Imported/dr2 only.")
+@click.option("--ui-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Also serve the take browser (docs/ui.md) on this port of --host, over the open session's project.")
 def bridge(model, engine_url, host, osc_port, no_osc_tcp, style_embedding, midi_port, midi_tcp, watch, project, daw,
            projects_roots, steps, cfg_strength, preset, separate, separator_weights, sample_rate, max_pending, device,
-           max_connections, idle_timeout, send_stall) -> None:
+           max_connections, idle_timeout, send_stall, reaper_osc=None, reaper_action=None, ableton_target=None,
+           ableton_reply_port=11001, ableton_script_port=11010, ableton_place_timeout=5.0, ui_port=None) -> None:
     """Run the OSC (and optionally MIDI) bridge until Ctrl-C.
 
     \b
@@ -128,6 +175,7 @@ def bridge(model, engine_url, host, osc_port, no_osc_tcp, style_embedding, midi_
     except ConfigError as exc:
         raise click.ClickException(f"--preset: {exc}") from exc
     roots = _project_roots(projects_roots, project)  # before the model loads: a bad root fails at once
+    reaper = _reaper_action(reaper_osc, reaper_action)  # likewise
     style = _load_style(style_embedding)
     engine = _engine(model, engine_url, device, style, max_pending)
     options = BridgeOptions(
@@ -142,11 +190,36 @@ def bridge(model, engine_url, host, osc_port, no_osc_tcp, style_embedding, midi_
     try:
         app = BridgeApp(engine, options, style_embedding=style)
     except (BridgeError, OSError) as exc:
+        if reaper is not None:
+            reaper.close()
         raise click.ClickException(str(exc)) from exc
+    from dr2studio.bridge.reaper_surface import ReaperSurface
+
+    surface = ReaperSurface(app.bridge, reaper).attach(app.osc)  # REAPER's OSC surface may talk to this port
+    try:
+        ableton = _ableton_link(app.bridge, ableton_target, ableton_reply_port, ableton_script_port,
+                                ableton_place_timeout)
+    except click.ClickException:
+        surface.close()
+        app.close()
+        raise
+    ui_server = None
+    if ui_port is not None:  # the take browser on the same engine, beside OSC (docs/ui.md)
+        from dr2studio.ui.server import UiServer, follow_bridge
+
+        try:
+            ui_server = UiServer(follow_bridge(app.bridge, project), engine=engine, host=host, port=ui_port,
+                                 steps=steps, cfg_strength=cfg_strength)
+        except (OSError, RuntimeError) as exc:
+            surface.close()
+            if ableton is not None:
+                ableton.close()
+            app.close()
+            raise click.ClickException(f"--ui-port {ui_port}: {exc}") from exc
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        click.echo(json.dumps(app.addresses()))
+        click.echo(json.dumps({**app.addresses(), **({"ui": ui_server.url} if ui_server is not None else {})}))
         click.echo(f"bridge ready: OSC {app.osc.host}:{app.osc.udp_port}; Ctrl-C to stop", err=True)
         while not stop.wait(0.5):
             pass
@@ -154,5 +227,10 @@ def bridge(model, engine_url, host, osc_port, no_osc_tcp, style_embedding, midi_
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if ui_server is not None:
+            ui_server.close()
+        surface.close()
+        if ableton is not None:
+            ableton.close()
         app.close()
         click.echo("bridge stopped", err=True)

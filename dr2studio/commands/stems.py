@@ -16,6 +16,7 @@ Examples:
   dr2studio stems song.wav --project ~/Music/MySong\\ Project --daw ableton
   dr2studio stems song.wav --project ./reaper_proj --daw reaper --separate --preset balanced --sample-rate 44100
   dr2studio stems song.wav --project ./out --preset ./my_preset.json --lufs -16 --position 32 --json
+  dr2studio stems song.wav --project ./out --separate --conform-bpm 96 --midi
 \b
 Shipped presets: balanced (default), clean, broadcast, loud. Copy one from dr2studio/presets/ to edit it.
 Ableton takes go to DIR/Samples/Imported/dr2/<take>/, Reaper takes to the project's media folder
@@ -25,6 +26,9 @@ settings and per-stem loudness (target and measured); its fields are described i
 An effect that cannot run at the project rate (an EQ band above Nyquist) is skipped and noted there.
 Nothing is written outside DIR: a link inside it that leads out (dr2/, Samples/, Media/, dr2studio.json)
 is refused, and a read-only DIR is reported before any rendering starts.
+--conform-bpm stretches the take to that tempo (pitch kept) and puts its first downbeat on a bar line of
+the project grid from --position; --midi writes <stem>.mid beside the vocals, bass and other WAVs (the
+mix when not separated). Both are recorded in the manifest (conform, midi); see docs/conform_and_midi.md.
 """
 
 
@@ -46,18 +50,27 @@ is refused, and a read-only DIR is reported before any rendering starts.
 @click.option("--position", type=click.FloatRange(min=0.0), default=0.0, show_default=True, metavar="SECONDS",
               help="Where the take starts on the DAW timeline (recorded in the manifest).")
 @click.option("--take", metavar="NAME", help="Take folder name (default: the song's file name; -2, -3 ... when taken).")
+@click.option("--conform-bpm", type=float, metavar="BPM",
+              help="Conform the take to this tempo: time-stretch it and align its first downbeat to a bar.")
+@click.option("--conform/--no-conform", "conform", default=None,
+              help="Force tempo conform on or off (default: on when --conform-bpm is given, unless the "
+                   "model's tempo clock already played the song at that tempo).")
+@click.option("--midi", is_flag=True, help="Also write a .mid per pitched stem (basic-pitch ONNX model).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or status lines on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest entry of the new take as JSON on stdout.")
 @user_errors
 def stems(song_path: Path, project: Path, daw: str, preset: str, separate: bool, separator_weights: Path | None,
-          sample_rate: int | None, lufs: float | None, position: float, take: str | None, quiet: bool,
-          as_json: bool) -> None:
+          sample_rate: int | None, lufs: float | None, position: float, take: str | None,
+          conform_bpm: float | None, conform: bool | None, midi: bool, quiet: bool, as_json: bool) -> None:
     """Render SONG into the project folder DIR as 24-bit WAV stems and record the take in DIR/dr2studio.json."""
     from dr2studio.audio.daw import check_project_writable, project_layout
     from dr2studio.audio.effects import load_preset
     from dr2studio.audio.stems import export_stems, load_separator
+    from dr2studio.requests import TakeRequest
     from dr2studio.song import Song
 
+    options = TakeRequest(conform=conform, conform_bpm=conform_bpm, midi=midi)
+    options.validate()  # a tempo of 0 is refused before the song is read or anything is written
     check_input_audio(song_path)
     layout = project_layout(project, daw)  # a file, an unreadable manifest, or a link out of DIR fails here
     check_project_writable(layout)  # a read-only project fails now, not after separation and effects
@@ -70,8 +83,8 @@ def stems(song_path: Path, project: Path, daw: str, preset: str, separate: bool,
     with progress_bar(quiet) as progress:
         entry = export_stems(song, layout.root, daw=daw, preset=chosen, separate=separate, sample_rate=sample_rate,
                              loudness_lufs=lufs, position=position, take=take, separator=separator, progress=progress,
-                             origin="cli")
+                             origin="cli", options=options)
     entry = dict(entry, project=str(layout.root), manifest=str(layout.manifest_path),
                  elapsed=round(time.perf_counter() - started, 3))
-    files = ", ".join(entry["files"].values())
+    files = ", ".join([*entry["files"].values(), *(entry.get("midi") or {}).values()])
     emit(entry, as_json, f"{layout.root}: take {entry['take']} ({files})")
