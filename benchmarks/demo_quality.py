@@ -25,7 +25,13 @@ Columns (means over songs unless said):
 - ``energy r``: Pearson correlation between section levels (dB) of the audio, cut at the planned
   section times, and the generator's energy pattern (sections that start after the audio ends are
   left out; fewer than two sections left reads 0);
-- ``flatness``: spectral flatness (white noise about 0.56, music well under 0.1).
+- ``flatness``: spectral flatness (white noise about 0.56, music well under 0.1);
+- ``music``, ``style``, ``quality``: mean automatic scores in [0, 1] of ``dr2studio eval``'s signal scorer
+  (:func:`dr2studio.scoring.signal.score_signal` against the style text and the LRC section plan: the labels
+  ``training/mine_candidates.py`` gives CPPO; docs/evaluation.md).
+
+``--compare NAME=DIR`` adds a ``model`` row per further model directory (e.g. a CPPO export next to the
+shipped model), rendered with the same seeds.
 
 Prints the table to stdout (and writes it as JSON with ``--json``); progress goes to stderr.
 """
@@ -50,6 +56,7 @@ import numpy as np
 from dr2studio.config import atomic_write_text
 from dr2studio.lab import analysis
 from dr2studio.lab.synth import SynthConfig, SynthSong, generate_song, parse_style
+from dr2studio.scoring.signal import score_signal, sections_from_lyrics
 
 log = logging.getLogger("dr2studio.benchmarks.demo_quality")
 
@@ -67,6 +74,9 @@ class SongScore:
     key_exact: bool
     energy_r: float
     flatness: float
+    musicality: float = float("nan")
+    style: float = float("nan")
+    quality: float = float("nan")
 
 
 @dataclasses.dataclass
@@ -81,6 +91,9 @@ class RowSummary:
     energy_r: float
     flatness: float
     seconds: float
+    musicality: float = float("nan")
+    style: float = float("nan")
+    quality: float = float("nan")
 
 
 def score_audio(audio: np.ndarray, sr: int, song: SynthSong) -> SongScore:
@@ -95,6 +108,8 @@ def score_audio(audio: np.ndarray, sr: int, song: SynthSong) -> SongScore:
     sections = [s for s in song.sections if s.start_s + 0.5 <= length]
     levels = analysis.section_energy(audio, sr, sections)
     r = analysis.energy_pattern_correlation(levels, [s.energy for s in sections]) if len(sections) >= 2 else 0.0
+    auto = score_signal(audio, sr, tempo=facts.tempo, key=(facts.tonic_pc, facts.mode),
+                        sections=sections_from_lyrics(song.lyrics, length)).scores
     return SongScore(
         tempo_error=analysis.tempo_error(bpm, facts.tempo),
         beat=analysis.beat_strength(audio, sr, facts.tempo),
@@ -102,6 +117,9 @@ def score_audio(audio: np.ndarray, sr: int, song: SynthSong) -> SongScore:
         key_exact=ks == 1.0,
         energy_r=r,
         flatness=analysis.spectral_flatness(audio),
+        musicality=float(auto["musicality"]),
+        style=float(auto["style_similarity"]),
+        quality=float(auto["audio_quality"]),
     )
 
 
@@ -118,16 +136,21 @@ def summarise(name: str, scores: list[SongScore], seconds: float) -> RowSummary:
         energy_r=float(np.mean([s.energy_r for s in scores])),
         flatness=float(np.mean([s.flatness for s in scores])),
         seconds=seconds,
+        musicality=float(np.mean([s.musicality for s in scores])),
+        style=float(np.mean([s.style for s in scores])),
+        quality=float(np.mean([s.quality for s in scores])),
     )
 
 
 def format_table(rows: list[RowSummary]) -> str:
-    head = f"{'row':<10} {'songs':>5} {'tempo err %':>11} {'tempo ok':>8} {'beat':>5} {'key acc':>7} {'key score':>9} {'energy r':>8} {'flatness':>8} {'time s':>7}"
+    head = (f"{'row':<10} {'songs':>5} {'tempo err %':>11} {'tempo ok':>8} {'beat':>5} {'key acc':>7} {'key score':>9} "
+            f"{'energy r':>8} {'flatness':>8} {'music':>5} {'style':>5} {'quality':>7} {'time s':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.name:<10} {r.songs:>5d} {r.tempo_err_pct:>11.1f} {r.tempo_ok:>8.2f} {r.beat:>5.2f} {r.key_acc:>7.2f} "
-            f"{r.key_score:>9.2f} {r.energy_r:>8.2f} {r.flatness:>8.4f} {r.seconds:>7.1f}"
+            f"{r.key_score:>9.2f} {r.energy_r:>8.2f} {r.flatness:>8.4f} {r.musicality:>5.2f} {r.style:>5.2f} {r.quality:>7.2f} "
+            f"{r.seconds:>7.1f}"
         )
     return "\n".join(lines)
 
@@ -214,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-real", action="store_true", help="measure the synthetic songs only (no model needed)")
     p.add_argument("--no-random", action="store_true", help="skip the randomly initialised model")
     p.add_argument("--no-vae", action="store_true", help="skip the VAE reconstruction row")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                   help="also measure this model directory as row NAME (repeatable)")
     p.add_argument("--json", help="also write the table to this JSON file")
     args = p.parse_args(argv)
     if args.count < 1:
@@ -222,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seconds must be 8..600, got {args.seconds}")
     if not args.only_real and not args.model:
         p.error("--model is required unless --only-real is given")
+    compare = []
+    for item in args.compare:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_dir():
+            p.error(f"--compare needs NAME=DIR with an existing model directory, got {item!r}")
+        compare.append((name, Path(path)))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     songs = held_out_songs(args.count, args.seed, args.seconds, args.sample_rate)
@@ -233,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_vae and (vae := vae_renderer(model_dir, args)) is not None:
             rows.append(measure("vae", songs, vae))
         rows.append(measure("model", songs, studio_renderer(model_dir, args)))
+        for name, path in compare:
+            rows.append(measure(name, songs, studio_renderer(path, args)))
         if not args.no_random:
             with tempfile.TemporaryDirectory(prefix="dr2-random-") as tmp:
                 rand_dir = randomised_copy(model_dir, Path(tmp) / "model")

@@ -7,17 +7,19 @@ create 0600 files, which would lock the rest of a group out of a shared model or
 
 One helper for every writer: :func:`atomic_write_text` and :func:`atomic_write_bytes` for data in
 memory, :func:`atomic_path` (a context manager yielding the temporary path) for writers that want a
-file name, such as ``soundfile.write``, ``numpy.save`` or ``safetensors.torch.save_file``.
+file name, such as ``soundfile.write``, ``numpy.save`` or ``safetensors.torch.save_file``, and
+:func:`atomic_folder` for a folder of files that must appear together (a take, exported latents).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "default_file_mode", "temp_name"]
+__all__ = ["atomic_folder", "atomic_path", "atomic_write_bytes", "atomic_write_text", "default_file_mode", "temp_name"]
 
 
 def default_file_mode() -> int:
@@ -35,6 +37,23 @@ def temp_name(path: str | os.PathLike) -> Path:
     """A fresh hidden name beside ``path`` that keeps its extension (writers pick the format from it)."""
     path = Path(path)
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh hidden staging folder beside ``path``; when the block ends cleanly, rename it to
+    ``path`` in one step (``path`` must not exist yet). On an exception the staging folder and
+    everything in it is removed, so a reader sees the whole folder or none of it.
+    """
+    target = Path(path)
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dr2studio.hub import DEFAULT_HUB_REPO, RELEASED_FILES, resolve_model_dir
+from dr2studio.hub import DEFAULT_HUB_REPO, resolve_model_dir
 from dr2studio.models.bigvgan import load_decoder, save_decoder
 from dr2studio.models.dit import DiT, DiTConfig
 from dr2studio.models.encoder import has_encoder, load_encoder, save_encoder

@@ -33,26 +33,19 @@ from typing import Any, Sequence
 
 import torch
 
-from dr2studio.atomic import atomic_path, atomic_write_text
+from dr2studio.atomic import atomic_folder, atomic_path, atomic_write_text
 from dr2studio.audio.daw import ProjectError, project_layout, read_manifest
 from dr2studio.confine import ConfineError, check_file_target, resolve_inside, resolve_root
 from dr2studio.flow.preference import LOSING_CASES, PAIR_GROUPS, Candidate, PreferenceError, build_pairs, is_good
 from dr2studio.ratings import DIMENSIONS, STARS, RatingError, RatingStore, stars_to_label
 from dr2studio.requests import RequestError
-
-try:  # POSIX only
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from dr2studio.scoring.store import SCORES_NAME, ScoreStoreError, newest_scores
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SCORES_NAME", "PrefsError", "LeftOut", "GroupReport", "ExportReport", "read_scores", "take_labels",
            "export_candidates"]
 
-SCORES_NAME = "dr2studio.scores.jsonl"
-#: The largest scores file read (one line per scored take: far below this).
-MAX_SCORES_BYTES = 64 * 1024 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -102,50 +95,13 @@ class ExportReport:
 def read_scores(root: Path) -> dict[str, dict[str, float | None]]:
     """The newest automatic scores per take of ``<root>/dr2studio.scores.jsonl`` (empty when there is none).
 
-    Lines are ``{"take", "time", "scores": {dimension: float in [0, 1] or null}, "details"}``; the newest
-    ``time`` wins (the later line on a tie). A line that is not such an object is an error naming it.
+    Read by :func:`dr2studio.scoring.store.newest_scores`; a line that is not a score record is an error
+    naming it (labels from a corrupt file would train the model on garbage).
     """
     try:
-        path = check_file_target(root, SCORES_NAME, "scores file")
-    except ConfineError as exc:
+        return {take: rec["scores"] for take, rec in newest_scores(root).items()}
+    except ScoreStoreError as exc:
         raise PrefsError(str(exc)) from None
-    if not path.exists():
-        return {}
-    size = path.stat().st_size
-    if size > MAX_SCORES_BYTES:
-        raise PrefsError(f"{path} is {size} bytes; the limit is {MAX_SCORES_BYTES}")
-    with open(path, "rb") as f:
-        if fcntl is not None:  # the writer (dr2studio eval) appends under an exclusive lock: never half a line
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-        data = f.read(MAX_SCORES_BYTES + 1)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PrefsError(f"{path}: not UTF-8 text ({exc})") from None
-    newest: dict[str, tuple[str, dict[str, float | None]]] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PrefsError(f"{where}: not JSON ({exc.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("take"), str) or not isinstance(rec.get("time"), str) \
-                or not isinstance(rec.get("scores"), dict):
-            raise PrefsError(f"{where}: a score line needs 'take' and 'time' (text) and 'scores' (an object)")
-        scores: dict[str, float | None] = {}
-        for dim in DIMENSIONS:
-            value = rec["scores"].get(dim)
-            if value is None:
-                scores[dim] = None
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-                raise PrefsError(f"{where}: score {dim} must be a number in [0, 1] or null, got {value!r:.40}")
-            scores[dim] = float(value)
-        if rec["take"] not in newest or rec["time"] >= newest[rec["take"]][0]:
-            newest[rec["take"]] = (rec["time"], scores)
-    return {take: scores for take, (_, scores) in newest.items()}
 
 
 def take_labels(ratings: dict[str, float | None], scores: dict[str, float | None] | None, *,
@@ -355,9 +311,7 @@ def _write(out: Path, samples: Sequence[_Sample], fingerprint: str) -> Path:
 
     stem = out.name[: -len(out.suffix)] if out.suffix else out.name
     data = out.with_name(f"{stem}.{uuid.uuid4().hex[:8]}.latents")
-    staging = out.with_name(f".{data.name}.tmp")
-    staging.mkdir()
-    try:
+    with atomic_folder(data) as staging:
         lines = []
         for i, s in enumerate(samples):
             name = f"{i:05d}-{_SAFE.sub('_', str(s.entry.get('take')))[:60]}.safetensors"
@@ -373,10 +327,6 @@ def _write(out: Path, samples: Sequence[_Sample], fingerprint: str) -> Path:
             if isinstance(s.entry.get("style"), str):
                 line["style"] = s.entry["style"]
             lines.append(json.dumps(line, ensure_ascii=False))
-        os.replace(staging, data)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     try:
         atomic_write_text(out, "\n".join(lines) + "\n")
     except BaseException:

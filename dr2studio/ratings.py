@@ -22,15 +22,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dr2studio.appendlog import append_lines, read_lines
 from dr2studio.audio.daw import ProjectError, project_layout, read_manifest
 from dr2studio.confine import ConfineError, check_file_target, resolve_root
 from dr2studio.flow.preference import DIMENSIONS as _PAIR_DIMENSIONS
 from dr2studio.requests import STARS, RequestError
-
-try:  # POSIX only; elsewhere appends are still whole lines but not serialised between processes
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DIMENSIONS", "OVERALL", "STARS", "SOURCES", "RATINGS_NAME", "MAX_RATINGS_BYTES", "RatingError", "Rating",
            "RatingStore", "stars_to_label"]
@@ -163,34 +159,14 @@ class RatingStore:
             known = ", ".join(takes[-8:]) if takes else "none yet"
             raise RatingError(f"project {self.root} has no take {_shown(take)} (newest takes: {known})")
         rating = Rating(take, stars, dimension, source, _now())
-        target = self._target()
-        created = not target.exists()
-        fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            self._parse(_read_fd(fd, self.path))  # a store that cannot be read is not written to
-            os.write(fd, (rating.to_json() + "\n").encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)  # closing releases the lock
-        if created:
-            _fsync_dir(self.root)
+        append_lines(self._target(), (rating.to_json() + "\n").encode("utf-8"), MAX_RATINGS_BYTES, RatingError,
+                     check=self._parse)  # a store that cannot be read is not written to
         return rating
 
     # -- reading ---------------------------------------------------------------------------------
     def history(self, take: str | None = None) -> list[Rating]:
         """Every stored rating (of ``take``, or all), oldest first, superseded ones too."""
-        target = self._target()
-        if not target.exists():
-            return []
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-            ratings = self._parse(_read_fd(fd, self.path))
-        finally:
-            os.close(fd)
+        ratings = self._parse(read_lines(self._target(), MAX_RATINGS_BYTES, RatingError))
         return [r for r in ratings if take is None or r.take == take]
 
     def current(self, take: str) -> dict[str, float | None]:
@@ -235,32 +211,3 @@ def _current(ratings: Iterable[Rating]) -> dict[str, float | None]:
         values = [v for v in values if v is not None]
         out[dim] = sum(values) / len(values) if values else None
     return out
-
-
-def _read_fd(fd: int, path: Path) -> bytes:
-    size = os.fstat(fd).st_size
-    if size > MAX_RATINGS_BYTES:
-        raise RatingError(f"{path} is {size} bytes; the limit is {MAX_RATINGS_BYTES}")
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks, left = [], size
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a newly created file's name durable too (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -7,20 +7,25 @@ files or sample rates other than the model's. :class:`~dr2studio.studio.Studio` 
 frames go (:mod:`dr2studio.audio.splice`), renders them here, and splices the audio into the song.
 The decoder pulls blocks from the sampler as it needs them, so audio comes out while later blocks
 are still being sampled (``on_audio``), and progress is reported per block and per decoded chunk.
+For a small model on a multi-core CPU the sampler runs a block or two ahead in a worker thread
+(:func:`overlap_decode`), so sampling and decoding share the wall time instead of adding up.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from dr2studio.flow.sampler import BlockSampler, SamplerSettings, eop_distance
+from dr2studio.flow.sampler import SMALL_MODEL_DIM, BlockSampler, SamplerSettings, eop_distance, small_model_threads
+from dr2studio.prefetch import prefetch
 
-__all__ = ["render", "Rendered", "ProgressCallback", "AudioCallback", "HOLD_EOP_DISTANCE", "HOLD_EXTRA_SECONDS"]
+__all__ = ["render", "Rendered", "ProgressCallback", "AudioCallback", "HOLD_EOP_DISTANCE", "HOLD_EXTRA_SECONDS",
+           "overlap_decode"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,21 @@ AudioCallback = Callable[[torch.Tensor], None]
 #: with a few transition frames in between.
 HOLD_EOP_DISTANCE = 0.5
 HOLD_EXTRA_SECONDS = 30.0  # most extra seconds sampled to make up for dropped end-of-song frames
+PREFETCH_BLOCKS = 2  # blocks the sampler may run ahead of the decoder when the two overlap
+
+
+def overlap_decode(dit: Any) -> bool:
+    """Sample the next block in a worker thread while this one decodes: a small model on a CPU with
+    two or more cores (each side then runs one intra-op thread, so they do not oversubscribe).
+    Larger models use every core for their own matmuls and keep the plain interleaved loop.
+    """
+    if dit.device.type != "cpu" or int(dit.config.dim) > SMALL_MODEL_DIM:
+        return False
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return cores >= 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,17 +133,16 @@ def render(
         if progress is not None:
             progress(done, total, stage)
 
-    def blocks() -> Iterator[torch.Tensor]:
+    def sampled() -> Iterator[torch.Tensor | None]:
+        """The sampler's blocks (None: a block whose frames were all dropped); may run in a worker thread."""
         nonlocal have, dropped
-        if context_frames:
-            yield prefix[:, first:prefix_len].to(dev)  # type: ignore[index]
         for block in sampler.blocks():
-            report("sample")
             if hold_end:
                 music = eop_distance(block[0].float()) > HOLD_EOP_DISTANCE
                 dropped += int((~music).sum())
                 block = block[:, music][:, : max_frames - have]
                 if block.shape[1] == 0:
+                    yield None
                     continue
                 kept.append(block.to("cpu", torch.float32))
                 have += block.shape[1]
@@ -131,14 +150,24 @@ def render(
             if hold_end and have >= max_frames:
                 break
 
+    def blocks() -> Iterator[torch.Tensor]:
+        if context_frames:
+            yield prefix[:, first:prefix_len].to(dev)  # type: ignore[index]
+        source = prefetch(sampled(), PREFETCH_BLOCKS) if overlap_decode(dit) else sampled()
+        for block in source:
+            report("sample")  # in the caller's thread: progress callbacks never run in the worker
+            if block is not None:
+                yield block
+
     started = time.perf_counter()
     chunks: list[torch.Tensor] = []
-    for audio in decoder.decode_stream(blocks()):
-        chunk = audio[0].to("cpu", torch.float32)  # [1, n]
-        chunks.append(chunk)
-        report("decode")
-        if on_audio is not None:
-            on_audio(chunk)
+    with small_model_threads(dit):  # a small model's decoder too: one thread (issue 22, docs/speed.md)
+        for audio in decoder.decode_stream(blocks()):
+            chunk = audio[0].to("cpu", torch.float32)  # [1, n]
+            chunks.append(chunk)
+            report("decode")
+            if on_audio is not None:
+                on_audio(chunk)
     if progress is not None:
         progress(total, total, "done")
     if hold_end:

@@ -5,7 +5,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -13,7 +12,6 @@ import torch
 from dr2studio.audio.daw import ProjectError, project_layout, read_manifest, write_take
 from dr2studio.audio.effects import (
     EFFECTS,
-    EffectPreset,
     apply_chain,
     integrated_loudness,
     list_presets,

@@ -488,7 +488,6 @@ def test_song_archive_inflation_is_bounded(tmp_path):
     import io
     import resource
     import struct
-    import time
     import zipfile
 
     from dr2studio.engine import ErrorCode, JobError, song_from_bytes

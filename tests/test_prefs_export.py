@@ -16,7 +16,7 @@ from dr2studio.cli import main
 from dr2studio.demo import demo_model_dir
 from dr2studio.prefs import SCORES_NAME, PrefsError, export_candidates
 from dr2studio.ratings import RATINGS_NAME, RatingStore
-from dr2studio.song import Song, sidecar_path
+from dr2studio.song import Song
 from dr2studio.studio import Studio
 
 LYRICS = "[verse]\nCity lights are calling me tonight"

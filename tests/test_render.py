@@ -92,3 +92,46 @@ def test_holding_the_end_drops_end_frames_and_samples_more(parts: tuple, style: 
     monkeypatch.setattr(render_module, "eop_distance", lambda frames: torch.ones(frames.shape[0]))
     plain = _render(parts, style, 12, hold_end=True)
     assert plain.dropped == 0 and plain.latents.shape[1] == 12 and plain.ended_at is None
+
+
+@pytest.mark.parametrize("hold_end", [False, True])
+def test_sampling_ahead_in_a_worker_gives_the_plain_loops_result(parts: tuple, style: torch.Tensor, hold_end: bool,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The overlapped render (sampler a block ahead in a thread) is the interleaved one, bit for bit,
+    with the same progress events in the same order."""
+    def run(overlap: bool) -> tuple[Rendered, list, list]:
+        monkeypatch.setattr(render_module, "overlap_decode", lambda dit: overlap)
+        events, chunks = [], []
+        r = _render(parts, style, 35, hold_end=hold_end, progress=lambda *e: events.append(e), on_audio=chunks.append)
+        return r, events, chunks
+
+    plain, plain_events, plain_chunks = run(False)
+    ahead, ahead_events, ahead_chunks = run(True)
+    assert torch.equal(plain.latents, ahead.latents) and torch.equal(plain.audio, ahead.audio)
+    assert plain_events == ahead_events and len(plain_chunks) == len(ahead_chunks)
+
+
+def test_a_cancelled_overlapped_render_leaves_no_worker_running(parts: tuple, style: torch.Tensor,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(render_module, "overlap_decode", lambda dit: True)
+
+    def cancel(done: int, total: int, stage: str) -> None:
+        if stage == "decode":
+            raise InterruptedError("the user pressed stop")
+
+    with pytest.raises(InterruptedError):
+        _render(parts, style, 60, progress=cancel)
+    assert not [t for t in threading.enumerate() if t.name == "dr2-prefetch"]
+
+
+def test_small_models_on_a_multicore_cpu_overlap_and_large_ones_do_not(parts: tuple) -> None:
+    import os
+
+    from dr2studio.models.dit import DiT, DiTConfig
+
+    cores = len(os.sched_getaffinity(0))
+    assert render_module.overlap_decode(parts[0]) is (cores >= 2)
+    big = DiT(DiTConfig(dim=512, depth=1, heads=8, ff_mult=1, mel_dim=8, text_num_embeds=16, block_size=10))
+    assert big.device.type == "cpu" and render_module.overlap_decode(big) is False

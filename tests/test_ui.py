@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ui_helpers import DEMO_STYLE, demo_project
+from ui_helpers import demo_project
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("uvicorn", reason="the take browser needs the ui extra (starlette, uvicorn)")
@@ -166,7 +165,8 @@ def test_newest_scores_beside_ratings(server, project):
     (project / "dr2studio.scores.jsonl").write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
     try:
         detail = _get(server, "/api/takes/take1").json()
-        assert detail["scores"]["scores"] == {"musicality": 0.7, "audio_quality": None}
+        assert detail["scores"]["scores"] == {"musicality": 0.7, "lyric_accuracy": None, "style_similarity": None,
+                                              "audio_quality": None}  # unmeasured dimensions shown as "—"
         assert detail["scores"]["details"] == {"tempo": {"bpm": 120}}
         assert set(_get(server, "/api/project").json()["scores"]) == {"take1", "take3"}
     finally:

@@ -8,7 +8,6 @@ new take appears in the list.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 

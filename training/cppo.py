@@ -20,6 +20,11 @@ least one, the three losing cases balanced) and one run ``<name>-<group>`` train
 the frozen starting model with the flow-matching DPO loss (same noise and times for chosen and
 rejected). The group models are then merged by weight averaging (``merge_weights``, equal by
 default) into one model directory.
+
+``balance_cases: false`` keeps every pair instead of balancing the losing cases: automatic scores
+(``training/mine_candidates.py``) may never fail one dimension of a group (the demo model's takes all pass
+audio quality), which leaves only one case. A DiT with a tempo clock gets the tempo each sample's style
+text states, as in ``training/block_fm.py``.
 """
 from __future__ import annotations
 
@@ -68,6 +73,7 @@ class CPPOTrainConfig(TrainConfig):
     beta: float = 500.0
     label_threshold: float = 0.5
     max_pairs: int = 0  # per group, 0 = all balanced pairs
+    balance_cases: bool = True  # False: keep every pair (automatic scores where one dimension never loses)
     merge_weights: list[float] = dataclasses.field(default_factory=list)  # one per group, [] = equal
     max_frames: int = 1050
     tokenizer: str = "training.prepare_data:VocabTokenizer"
@@ -149,6 +155,17 @@ class _Featurizer:
         return torch.from_numpy(self._enc(audio[None], np.array([audio.shape[0]]))[0])
 
 
+def _stated_tempo(rec: dict[str, Any]) -> float | None:
+    """The bpm a sample's style text states (for a tempo-clock DiT), or an explicit ``tempo``."""
+    if rec.get("tempo") is not None:
+        return float(rec["tempo"])
+    if isinstance(rec.get("style"), str):
+        from dr2studio.style.tags import parse_style_tags
+
+        return parse_style_tags(rec["style"]).tempo
+    return None
+
+
 def load_candidates(path: str | Path, cfg: CPPOTrainConfig) -> list[Candidate]:
     """Read preference JSONL (pair lines or sample lines) into featurised :class:`Candidate` s.
 
@@ -184,7 +201,8 @@ def load_candidates(path: str | Path, cfg: CPPOTrainConfig) -> list[Candidate]:
                 if ident in seen:
                     continue
                 labels = {k: float(v) for k, v in (s.get("labels") or {}).items()}
-                ex = Example(id=f"{len(seen):06d}", latents=feat.latents(s)[: cfg.max_frames], tokens=tokens, style=style)
+                ex = Example(id=f"{len(seen):06d}", latents=feat.latents(s)[: cfg.max_frames], tokens=tokens, style=style,
+                             tempo=_stated_tempo(rec))
                 seen[ident] = Candidate(ex.id, prompt, labels, {"example": ex})
         except (PreferenceError, ValueError, OSError) as exc:
             raise PreferenceError(f"{path}:{n}: {exc}") from exc
@@ -195,7 +213,8 @@ def load_candidates(path: str | Path, cfg: CPPOTrainConfig) -> list[Candidate]:
 
 def write_pairs(candidates: Sequence[Candidate], group: str, out: Path, cfg: CPPOTrainConfig) -> tuple[Path, dict[str, int]]:
     """Pair ``candidates`` for ``group`` and store them as one shard: chosen_k at 2k, rejected_k at 2k+1."""
-    pairs = build_pairs(candidates, group, seed=cfg.seed, threshold=cfg.label_threshold, max_pairs=cfg.max_pairs or None)
+    pairs = build_pairs(candidates, group, seed=cfg.seed, threshold=cfg.label_threshold, max_pairs=cfg.max_pairs or None,
+                        balance=cfg.balance_cases)
     examples = []
     for p in pairs:
         examples += [p.chosen.payload["example"], p.rejected.payload["example"]]
@@ -254,6 +273,12 @@ def train_loop(loop_config: dict) -> None:
                         max_frames=cfg.max_frames)
     batches = stream.iter_from(solver.position)
     block = policy.config.block_size
+    frames_per_minute = None
+    if policy.clock_embed is not None:  # the tempo clock runs in beats per latent frame, as in training/block_fm
+        from dr2studio.models.bigvgan import DecoderConfig
+
+        dec = DecoderConfig.load(Path(cfg.init_from) / "decoder.json")
+        frames_per_minute = 60.0 * dec.sampling_rate / dec.hop_length
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank * 104_729 + solver.step)
     for _ in solver.steps():
         batch, position = next(batches)
@@ -262,7 +287,8 @@ def train_loop(loop_config: dict) -> None:
         lengths, tlen = batch.latent_mask.sum(1), batch.token_mask.sum(1)
         noise, t = shared_noise(lengths.cpu(), block, batch.latents.shape[-1], generator=gen)
         noise, t = noise[:half].repeat(2, 1, 1), t[:half].repeat(2, 1)  # chosen and rejected share noise and t
-        args = (batch.latents, lengths, batch.tokens, tlen, batch.style, noise.to(ctx.device), t.to(ctx.device))
+        bpf = None if frames_per_minute is None or batch.tempo is None else batch.tempo / frames_per_minute
+        args = (batch.latents, lengths, batch.tokens, tlen, batch.style, noise.to(ctx.device), t.to(ctx.device), bpf)
         with common.autocast(cfg, ctx.device):
             err = wrapped(*args)
             with torch.no_grad():

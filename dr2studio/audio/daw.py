@@ -23,13 +23,13 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dr2studio.atomic import atomic_folder
 from dr2studio.audio.io import write_audio
 from dr2studio.audio.project_manifest import ManifestError, load_manifest, take_entry, write_manifest
 from dr2studio.confine import (
@@ -266,19 +266,13 @@ def write_take(
         except ConfineError as exc:
             raise ProjectError(str(exc)) from exc
         name = _take_name(layout, take)
-        staging = layout.takes_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        final = layout.takes_dir / name
+        with atomic_folder(final) as staging:
             resolve_inside(layout.root, staging, "staging folder")  # nothing swapped a link in meanwhile
             for stem, (audio, rate) in stems.items():
                 write_audio(staging / f"{stem}.wav", audio, rate, subtype=subtype)
             for stem, data in (midi or {}).items():
                 (staging / f"{stem}.mid").write_bytes(data)
-            final = layout.takes_dir / name
-            os.replace(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         try:
             if midi:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MODES", "key_name", "parse_key"]
+__all__ = ["MODES", "key_name", "key_score", "key_signature", "parse_key"]
 
 MODES: tuple[str, ...] = ("major", "minor")
 
@@ -39,3 +39,24 @@ def parse_key(text: str) -> tuple[int, str]:
         pc -= 1
     mode_l = (mode or "major").lower()
     return pc % 12, "minor" if mode_l in ("minor", "min", "m") else "major"
+
+
+def key_signature(pc: int, mode: str) -> int:
+    """Position on the circle of fifths of the key signature (relative keys share one)."""
+    major_pc = pc if mode == "major" else (pc + 3) % 12
+    return (major_pc * 7) % 12
+
+
+def key_score(estimate: tuple[int, str], reference: tuple[int, str]) -> float:
+    """MIREX key score of ``(tonic pitch class, mode)`` pairs: 1 same key, 0.5 a fifth away (same mode),
+    0.3 relative, 0.2 parallel, else 0 (the standard key-evaluation weights)."""
+    (pe, me), (pr, mr) = estimate, reference
+    if (pe, me) == (pr, mr):
+        return 1.0
+    if me == mr and (pe - pr) % 12 in (5, 7):
+        return 0.5
+    if me != mr and key_signature(pe, me) == key_signature(pr, mr):
+        return 0.3
+    if pe == pr:
+        return 0.2
+    return 0.0

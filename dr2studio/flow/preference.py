@@ -94,12 +94,15 @@ def build_pairs(
     seed: int = 0,
     threshold: float = 0.5,
     max_pairs: int | None = None,
+    balance: bool = True,
 ) -> list[PreferencePair]:
     """All (chosen, rejected) pairs of one group, within prompts, balanced over the losing cases.
 
     Each losing case is down-sampled (seeded) to the size of the smallest case, so the three cases
     appear in equal proportion. Raises :class:`PreferenceError` when a case has no pair at all
-    (balancing would leave nothing) -- the error names the group and the missing case.
+    (balancing would leave nothing) -- the error names the group and the missing case. With
+    ``balance=False`` every pair is kept (``max_pairs`` caps the total) and only a group with no pair
+    at all is refused: for labels where one dimension of the group never loses (automatic scores).
     """
     if group not in PAIR_GROUPS:
         raise PreferenceError(f"unknown pair group {group!r}; choose from {sorted(PAIR_GROUPS)}")
@@ -117,6 +120,13 @@ def build_pairs(
                 continue
             per_case[case].extend(PreferencePair(group, prompt, w, loser, case) for w in winners)
     empty = [k for k, v in per_case.items() if not v]
+    if not balance:
+        everything = [pair for case in LOSING_CASES for pair in per_case[case]]
+        if not everything:
+            raise PreferenceError(f"group {group!r} ({dims[0]} + {dims[1]}): no prompt has both a sample good on "
+                                  f"both dimensions and one that loses either")
+        random.Random(seed).shuffle(everything)
+        return everything[:max_pairs] if max_pairs is not None else everything
     if empty:
         counts = {k: len(v) for k, v in per_case.items()}
         raise PreferenceError(
@@ -159,7 +169,8 @@ class FlowErrors(nn.Module):
         self.objective = objective
 
     def forward(self, latents: Tensor, lengths: Tensor, tokens: Tensor, token_lengths: Tensor, style: Tensor,
-                noise: Tensor, t_blocks: Tensor) -> Tensor:
+                noise: Tensor, t_blocks: Tensor, beats_per_frame: Tensor | None = None) -> Tensor:
+        """``beats_per_frame [B]`` (NaN: no tempo) feeds a tempo-clock DiT as in training and sampling."""
         obj = self.objective
         b = obj.model.config.block_size
         z, padded = pad_end_of_prediction(latents.float(), lengths, b, obj.config.end_padding)
@@ -172,7 +183,8 @@ class FlowErrors(nn.Module):
         device = z.device
         frame_valid = torch.arange(total, device=device)[None] < padded[:, None]
         token_valid = torch.arange(tokens.shape[1], device=device)[None] < token_lengths.to(device)[:, None]
-        v, _ = obj.velocity(z, noisy, t_frames, tokens, style, token_valid, frame_valid)
+        v, _ = obj.velocity(z, noisy, t_frames, tokens, style, token_valid, frame_valid,
+                            beats_per_frame=beats_per_frame)
         err = (v.float() - (z - z0)).pow(2).mean(-1) * frame_valid
         return err.sum(1) / frame_valid.sum(1).clamp(min=1)
 

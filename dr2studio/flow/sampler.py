@@ -10,26 +10,41 @@ Differences, on purpose: both guidance branches run as one batched forward; the 
 preallocated (:mod:`dr2studio.flow.kv_cache`); batches, padded lyrics, a clean prefix to continue
 from, seeded noise and streaming are supported; the end-of-prediction trim keeps the last real
 frame (the reference drops it) and the output never exceeds ``max_frames``.
+
+Speed (float32 results equal to the plain path within float rounding, see ``docs/speed.md``): the
+time embedding and output modulation of each grid time are computed once per song, not per call
+(:class:`~dr2studio.models.dit.TimeCondition`); latent frames enter the trunk through the folded
+input embedding (:class:`~dr2studio.models.dit.FrameProjection`), one small matmul per call; the
+guidance and Euler update are two fused ops. ``reference_numerics`` keeps the plain path.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dr2studio.flow.kv_cache import BlockKVCache, block_causal_mask
-from dr2studio.models.dit import COND_DIM, DiT, rotary_tables
+from dr2studio.models.dit import COND_DIM, DiT, FrameProjection, TimeCondition, rotary_tables, tempo_clock
 from dr2studio.requests import CFG_STRENGTH, STEPS
 
-__all__ = ["EOP_THRESHOLD", "SamplerSettings", "BlockSampler", "sample_latents", "eop_distance"]
+__all__ = ["EOP_THRESHOLD", "SMALL_MODEL_DIM", "SamplerSettings", "BlockSampler", "sample_latents", "eop_distance",
+           "small_model_threads"]
 
 log = logging.getLogger(__name__)
 
 EOP_THRESHOLD = 0.05  # mean squared distance to the all-ones end-of-prediction frame
+
+#: DiTs up to this width sample on CPU with one intra-op thread. Their ops take microseconds: a second
+#: thread saves nothing, and on a busy machine (a DAW, other jobs) each parallel op waits for a second
+#: core to be scheduled (~6 ms on 2 shared cores, where the demo model ran 100x slower with 2 threads
+#: than with 1; docs/speed.md). The process's setting is restored around every block.
+SMALL_MODEL_DIM = 256
 
 BlockCallback = Callable[[int, Tensor], None]
 
@@ -143,6 +158,7 @@ class BlockSampler:
         cos, sin = rotary_tables(torch.arange(max(n_text, capacity), device=device)[None], cfg.head_dim, dtype, inv_freq_dtype)
         self._cos, self._sin = cos, sin
         self._clock = None  # [B, capacity, 512]: the tempo clock of every frame, conditional branch only
+        self._clock_feats: Tensor | None = None  # [B, capacity, 2P]: its features (fast path)
         if beats_per_frame is not None:
             beats_per_frame = torch.as_tensor(beats_per_frame, dtype=torch.float32).reshape(-1)
             if beats_per_frame.shape[0] != self.batch:
@@ -151,18 +167,76 @@ class BlockSampler:
                 raise ValueError("beats_per_frame must be positive and finite (NaN: no tempo for that element)")
             with torch.inference_mode():
                 self._clock = model.clock_embedding(0, capacity, beats_per_frame.to(device))
+                if model.clock_embed is not None:
+                    self._clock_feats = tempo_clock(0, capacity, beats_per_frame.to(device), cfg.tempo_clock)
         self.stream = torch.zeros(self.batch, capacity, self.mel_dim, device=device, dtype=torch.float32)
         if prefix is not None:
             self.stream[:, : self.prefix_len] = prefix.to(device=device, dtype=torch.float32)
         self.lengths = torch.full((self.batch,), -1, dtype=torch.long)  # -1: not ended yet
         self._grid = torch.linspace(0.0, 1.0, self.settings.steps, device=device, dtype=self._ode_dtype)
+        self._grid_values = self._grid.tolist()
+        self._dt_values = (self._grid[1:] - self._grid[:-1]).tolist()
+        self._bstyle = torch.cat((self._style, torch.zeros_like(self._style))) if self.guided else self._style
+        # the fast path: per-time conditions cached, frames through the folded input embedding
+        self._fast = not self.settings.reference_numerics
+        self._proj: FrameProjection | None = None
+        self._clock_h: Tensor | None = None
+        self._conds: dict[float, tuple[TimeCondition, Tensor | None]] = {}
         self._prepared = False
 
     # -- helpers -------------------------------------------------------------------------------
     def _branch_style(self) -> Tensor:
-        if not self.guided:
-            return self._style
-        return torch.cat((self._style, torch.zeros_like(self._style)))
+        return self._bstyle
+
+    def _setup_fast(self) -> None:
+        """Fold the frame embedding (weights as they are now) and the tempo clock's contribution."""
+        if not self._fast or self._proj is not None:
+            return
+        self._proj = self.model.frame_projection()
+        if self._clock_feats is not None:
+            self._clock_h = self._proj.clock_bias(self._clock_feats)
+
+    def _cond(self, t: float) -> tuple[TimeCondition, Tensor | None]:
+        """Time condition of block calls at time ``t`` (both branches) and, on the fast path, its trunk-input bias."""
+        hit = self._conds.get(t)
+        if hit is None:
+            cond = self.model.time_condition(self._time(t, self._bstyle.shape[0]))
+            bias = self._proj.condition_bias(self._bstyle, cond.c) if self._proj is not None else None
+            hit = self._conds[t] = (cond, bias)
+        return hit
+
+    def _h0(self, frames: Tensor, start: int, bias: Tensor) -> Tensor:
+        """Trunk input of latent frames ``[B, n, M]`` at ``start`` for both branches (fast path)."""
+        assert self._proj is not None
+        y = F.linear(frames.to(self._proj.frames.dtype), self._proj.frames)
+        if self._clock_h is None:
+            h = torch.cat((y, y)) if self.guided else y
+        else:
+            c = y + self._clock_h[:, start : start + frames.shape[1]]
+            h = torch.cat((c, y)) if self.guided else c
+        return h + bias
+
+    def _block_forward(self, frames: Tensor, times: list[tuple[float, int]], start: int, *,
+                       need_output: bool = True) -> Tensor | None:
+        """One block call (fast path) on latent ``frames [B, n, M]`` whose runs of frames have times ``[(t, count), ...]``."""
+        self._setup_fast()
+        n = frames.shape[1]
+        rope = self._rope(start, n)
+        parts = [self._cond(t) for t, _ in times]
+        if len(parts) == 1:
+            cond, bias = parts[0]
+        else:  # a fused store+probe call: per-frame conditions
+            rows = self._bstyle.shape[0]
+
+            def cat(ts: list[Tensor]) -> Tensor:
+                return torch.cat([x.expand(rows, k, x.shape[-1]) for x, (_, k) in zip(ts, times)], dim=1)
+
+            mods = [p[0].modulation for p in parts]
+            cond = TimeCondition(cat([p[0].c for p in parts]),
+                                 (cat([m[0] for m in mods]), cat([m[1] for m in mods])))  # type: ignore[index]
+            bias = cat([p[1] for p in parts])  # type: ignore[misc]
+        return self.model(self._h0(frames, start, bias), cond, self._bstyle, rope, self.cache,  # type: ignore[return-value]
+                          need_output=need_output, projected=True)
 
     def _rope(self, start: int, n: int) -> tuple[Tensor, Tensor]:
         return self._cos[:, :, start : start + n], self._sin[:, :, start : start + n]
@@ -214,8 +288,11 @@ class BlockSampler:
         """Push clean frames ``[B, n, M]`` into both caches with time +1."""
         n = frames.shape[1]
         self.cache.begin_block(n, query_mask=query_mask)
-        e = self._embed(frames, start)
-        self.model(e, self._time(1.0, e.shape[0]), style, self._rope(start, n), self.cache, need_output=False)
+        if self._fast:
+            self._block_forward(frames, [(1.0, n)], start, need_output=False)
+        else:
+            e = self._embed(frames, start)
+            self.model(e, self._time(1.0, e.shape[0]), style, self._rope(start, n), self.cache, need_output=False)
         self.cache.commit()
 
     def _guide(self, v: Tensor) -> Tensor:
@@ -233,6 +310,8 @@ class BlockSampler:
         ``2b`` tokens instead of two of ``b``: the matmuls, attention calls and per-op overhead
         of the store pass are shared with the first ODE step.
         """
+        if self._fast:
+            return self._guide(self._store_and_velocity_raw(clean, x, float(t), start))
         style = self._branch_style()
         b, n = clean.shape[1], x.shape[1]
         rows = style.shape[0]
@@ -248,9 +327,11 @@ class BlockSampler:
 
         Probes the cache (nothing is stored): keys are lyrics, the clean history and ``x`` itself.
         """
-        style = self._branch_style()
         n = x.shape[1]
         self.cache.begin_block(n)
+        if self._fast:
+            return self._guide(self._block_forward(x, [(float(t), n)], start).to(self._ode_dtype))  # type: ignore[union-attr]
+        style = self._branch_style()
         e = self._embed(x, start)
         v = self.model(e, self._time(t, style.shape[0]), style, self._rope(start, n), self.cache).to(self._ode_dtype)
         return self._guide(v)
@@ -261,23 +342,49 @@ class BlockSampler:
         ``pending``: the previous finished block, not yet in the cache; it is stored by the
         first velocity evaluation (see :meth:`_store_and_velocity`).
         """
-        g = self._grid
+        if not self._fast:
+            g = self._grid
+            for k in range(self.settings.steps - 1):
+                if k == 0 and pending is not None:
+                    v = self._store_and_velocity(pending, x, g[0], start - pending.shape[1])
+                else:
+                    v = self.velocity(x, g[k], start)
+                x = x + (g[k + 1] - g[k]) * v
+            return x
+        # fast path: raw (unguided) velocities; guidance and the Euler step fused into two ops
+        grid, dts, b, cfg, n = self._grid_values, self._dt_values, self.batch, self.settings.cfg_strength, x.shape[1]
         for k in range(self.settings.steps - 1):
             if k == 0 and pending is not None:
-                v = self._store_and_velocity(pending, x, g[0], start - pending.shape[1])
+                v = self._store_and_velocity_raw(pending, x, grid[0], start - pending.shape[1])
             else:
-                v = self.velocity(x, g[k], start)
-            x = x + (g[k + 1] - g[k]) * v
+                self.cache.begin_block(n)
+                v = self._block_forward(x, [(grid[k], n)], start).to(self._ode_dtype)  # type: ignore[union-attr]
+            if self.guided:  # x + dt·(v_c + (v_c − v_u)·cfg)
+                v_c = v[:b]
+                v = torch.add(v_c, v_c - v[b:], alpha=cfg)
+            x = torch.add(x, v, alpha=dts[k])
         return x
+
+    def _store_and_velocity_raw(self, clean: Tensor, x: Tensor, t: float, start: int) -> Tensor:
+        """:meth:`_store_and_velocity` without the guidance (fast path; the caller fuses it)."""
+        b, n = clean.shape[1], x.shape[1]
+        self.cache.begin_block(b + n, query_mask=block_causal_mask(b + n, b, self.model.device))
+        v = self._block_forward(torch.cat((clean, x), dim=1), [(1.0, b), (t, n)], start)[:, b:]  # type: ignore[index]
+        self.cache.commit(b)
+        return v.to(self._ode_dtype)
+
+    def _threads(self) -> contextlib.AbstractContextManager[None]:
+        return small_model_threads(self.model)
 
     @torch.inference_mode()
     def prepare(self) -> None:
         """Cache the lyrics and the clean prefix (done once, before the first block)."""
         style = self._branch_style()
-        self._cache_text(style)
-        if self.prefix_len:
-            mask = block_causal_mask(self.prefix_len, self.block_size, self.model.device, self.settings.num_history_block)
-            self._store(self.stream[:, : self.prefix_len], style, 0, query_mask=mask)
+        with self._threads():
+            self._cache_text(style)
+            if self.prefix_len:
+                mask = block_causal_mask(self.prefix_len, self.block_size, self.model.device, self.settings.num_history_block)
+                self._store(self.stream[:, : self.prefix_len], style, 0, query_mask=mask)
         self._prepared = True
 
     def _check_end(self, end_frame: int) -> None:
@@ -302,11 +409,12 @@ class BlockSampler:
         fuse = self.fuse_store and self.settings.num_history_block is None
         pending: Tensor | None = None
         for index in range(self.num_blocks):
-            x = self._integrate(self._block_noise(index), pos, pending)
+            with self._threads():  # not across the yield: the caller (a decoder) keeps its threads
+                x = self._integrate(self._block_noise(index), pos, pending)
+                if not fuse:
+                    self._store(x, style, pos)
             if fuse:
                 pending = x
-            else:
-                self._store(x, style, pos)
             self.stream[:, pos : pos + self.block_size] = x
             pos += self.block_size
             self._check_end(pos)
@@ -376,3 +484,20 @@ def sample_latents(
     for _ in sampler.blocks(on_block):
         pass
     return sampler.latents
+
+
+def small_model_threads(model: DiT) -> contextlib.AbstractContextManager[None]:
+    """One intra-op thread while a small model (and its decoder) runs on CPU (see :data:`SMALL_MODEL_DIM`)."""
+    if model.device.type != "cpu" or model.config.dim > SMALL_MODEL_DIM or torch.get_num_threads() == 1:
+        return contextlib.nullcontext()
+    return _one_thread()
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -21,6 +21,7 @@ from dr2studio.audio.features import (
     section_energy,
     spectral_flatness,
 )
+from dr2studio.audio import keys
 from dr2studio.audio.keys import parse_key
 
 __all__ = [
@@ -59,12 +60,6 @@ def _key(k: Any) -> tuple[int, str]:
     return pc, mode
 
 
-def _signature(pc: int, mode: str) -> int:
-    """Position on the circle of fifths of the key signature (relative keys share one)."""
-    major_pc = pc if mode == "major" else (pc + 3) % 12
-    return (major_pc * 7) % 12
-
-
 def key_distance(a: Any, b: Any) -> float:
     """Circle-of-fifths steps between the key signatures, plus 0.5 when the modes differ.
 
@@ -72,22 +67,13 @@ def key_distance(a: Any, b: Any) -> float:
     Keys are ``(tonic, mode)`` pairs or texts like ``"F# minor"``.
     """
     (pa, ma), (pb, mb) = _key(a), _key(b)
-    d = abs(_signature(pa, ma) - _signature(pb, mb))
+    d = abs(keys.key_signature(pa, ma) - keys.key_signature(pb, mb))
     return float(min(d, 12 - d)) + (0.5 if ma != mb else 0.0)
 
 
 def key_score(estimate: Any, reference: Any) -> float:
-    """MIREX key score: 1 same key, 0.5 a fifth away (same mode), 0.3 relative, 0.2 parallel, else 0."""
-    (pe, me), (pr, mr) = _key(estimate), _key(reference)
-    if (pe, me) == (pr, mr):
-        return 1.0
-    if me == mr and (pe - pr) % 12 in (5, 7):
-        return 0.5
-    if me != mr and _signature(pe, me) == _signature(pr, mr):
-        return 0.3
-    if pe == pr:
-        return 0.2
-    return 0.0
+    """MIREX key score (:func:`dr2studio.audio.keys.key_score`) of keys given as pairs or texts."""
+    return keys.key_score(_key(estimate), _key(reference))
 
 
 def energy_pattern_correlation(measured_db: Sequence[float], pattern: Sequence[float]) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from dr2studio.config import ConfigError, JsonConfig
 
-__all__ = ["COND_DIM", "DiTConfig", "DiT", "AttentionContext", "MaskedAttention", "rotary_tables", "tempo_clock"]
+__all__ = ["COND_DIM", "DiTConfig", "DiT", "AttentionContext", "MaskedAttention", "TimeCondition", "FrameProjection",
+           "rotary_tables", "tempo_clock"]
 
 COND_DIM = 512  # style, text-embedding and time-embedding width (hard-coded in the release)
 TIME_FREQ_DIM = 256
@@ -132,6 +133,19 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+def _time_freqs(device: torch.device) -> Tensor:
+    """The sinusoid frequencies of the time embedding, built once per device (same values every call)."""
+    freqs = _TIME_FREQS.get(device)
+    if freqs is None:
+        half = TIME_FREQ_DIM // 2
+        freqs = torch.exp(torch.arange(half, device=device, dtype=torch.float32) * (-math.log(10000.0) / (half - 1)))
+        _TIME_FREQS[device] = freqs
+    return freqs
+
+
+_TIME_FREQS: dict[torch.device, Tensor] = {}
+
+
 class RMSNorm(nn.Module):
     """Llama RMSNorm: statistics in float32, weight applied in the input dtype."""
 
@@ -141,10 +155,19 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Llama RMSNorm over the last dim; ``weight`` broadcasts against ``x``'s trailing dims."""
+    dtype = x.dtype
+    if dtype == torch.float32 and weight.dtype == torch.float32:
+        # one fused op, bit-identical to the three-step float32 path below (per-op overhead is
+        # most of a small model's sampling time)
+        return F.rms_norm(x, x.shape[-1:], None, eps) * weight
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
 
 
 class Attention(nn.Module):
@@ -162,11 +185,19 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: AttentionContext, layer: int) -> Tensor:
         b, n, _ = x.shape
-        shape = (b, n, self.heads, self.head_dim)
-        q = self.q_norm(self.q_proj(x).view(shape)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(shape)).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
-        out = ctx.attend(layer, apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        h, hd = self.heads, self.head_dim
+        v = self.v_proj(x).view(b, n, h, hd).transpose(1, 2)
+        if self.q_norm.eps == self.k_norm.eps:
+            # q and k side by side: one norm and one rotary for both (same values as apart, fewer ops)
+            qk = torch.cat((self.q_proj(x), self.k_proj(x)), dim=-1).view(b, n, 2 * h, hd)
+            w = torch.cat((self.q_norm.weight.expand(h, hd), self.k_norm.weight.expand(h, hd)))
+            qk = apply_rotary(rms_norm(qk, w, self.q_norm.eps).transpose(1, 2), cos, sin)
+            q, k = qk[:, :h], qk[:, h:]
+        else:
+            shape = (b, n, h, hd)
+            q = apply_rotary(self.q_norm(self.q_proj(x).view(shape)).transpose(1, 2), cos, sin)
+            k = apply_rotary(self.k_norm(self.k_proj(x).view(shape)).transpose(1, 2), cos, sin)
+        out = ctx.attend(layer, q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -204,9 +235,7 @@ class TimestepEmbedding(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(TIME_FREQ_DIM, COND_DIM), nn.SiLU(), nn.Linear(COND_DIM, COND_DIM))
 
     def forward(self, t: Tensor) -> Tensor:
-        half = TIME_FREQ_DIM // 2
-        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / (half - 1)))
-        arg = (1000.0 * t).float()[..., None] * freqs
+        arg = (1000.0 * t).float()[..., None] * _time_freqs(t.device)
         emb = torch.cat((arg.sin(), arg.cos()), dim=-1).to(self.time_mlp[0].weight.dtype)
         return self.time_mlp(emb)
 
@@ -239,9 +268,50 @@ class AdaLayerNormFinal(nn.Module):
         super().__init__()
         self.linear = nn.Linear(COND_DIM, 2 * dim)
 
-    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+    def modulation(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """``(1 + scale, shift)`` of condition ``c``: depends on the time only, so samplers reuse it."""
         scale, shift = self.linear(F.silu(c)).chunk(2, dim=-1)
-        return F.layer_norm(h, h.shape[-1:], eps=RMS_EPS) * (1 + scale) + shift
+        return 1 + scale, shift
+
+    def forward(self, h: Tensor, c: Tensor, modulation: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        one_plus_scale, shift = self.modulation(c) if modulation is None else modulation
+        return F.layer_norm(h, h.shape[-1:], eps=RMS_EPS) * one_plus_scale + shift
+
+
+class TimeCondition(NamedTuple):
+    """What a DiT call derives from its time input alone: the embedding ``c [B, n|1, 512]`` and the
+    output norm's modulation. A sampler evaluates the same few times over and over (the grid, −1, +1)
+    and passes this instead of the time tensor, skipping the time MLPs at every call."""
+
+    c: Tensor
+    modulation: tuple[Tensor, Tensor] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameProjection:
+    """The input embedding of latent frames, its linear chain folded into one small matrix.
+
+    For latent frames ``f``, the trunk's input ``h0 = proj_2(proj(e + style + c) + e)`` with
+    ``e = latent_embed(f) (+ clock_embed(clock))`` is affine in every input, so
+    ``h0 = f·frames^T + clock·clock^T + (style + c)·cond^T + bias``. The products are formed in
+    float64 once; a sampler step then costs one ``[n, M] x [M, D]`` matmul instead of four
+    512-wide ones. Same values as the module chain up to float32 rounding (~1e-7 relative).
+    """
+
+    frames: Tensor  # [D, M]
+    clock: Tensor | None  # [D, 2·len(tempo_clock)]
+    cond: Tensor  # [D, 512]
+    bias: Tensor  # [D]
+
+    def condition_bias(self, style: Tensor, c: Tensor) -> Tensor:
+        """``(style [B, 512] + c [B, n|1, 512])·cond^T + bias`` in float64, returned in the weights' dtype."""
+        u = style.double()[:, None, :] + c.double()
+        return (u @ self.cond.double().T + self.bias.double()).to(self.frames.dtype)
+
+    def clock_bias(self, clock: Tensor) -> Tensor:
+        """The tempo clock's features ``[B, n, 2P]`` -> their contribution ``[B, n, D]``."""
+        assert self.clock is not None
+        return (clock.double() @ self.clock.double().T).to(self.frames.dtype)
 
 
 def _projector(dim: int, out: int) -> nn.Sequential:
@@ -310,36 +380,82 @@ class DiT(nn.Module):
         clock = tempo_clock(start, n, beats_per_frame.to(self.device), self.config.tempo_clock)
         return self.clock_embed(clock.to(self.dtype))
 
+    @torch.no_grad()
+    def frame_projection(self) -> FrameProjection:
+        """The folded input embedding of latent frames (see :class:`FrameProjection`); recompute after
+        the weights change."""
+        f64 = lambda lin: lin.weight.double()  # noqa: E731
+        l1, l2 = self.latent_embed[0], self.latent_embed[1]
+        p, p2 = self.input_embed.proj, self.input_embed.proj_2
+        eye = torch.eye(COND_DIM, dtype=torch.float64, device=self.device)
+        outer = f64(p2) @ (f64(p) + eye)  # [D, 512]: what e contributes to h0
+        frames = outer @ f64(l2) @ f64(l1)
+        bias = outer @ (f64(l2) @ l1.bias.double() + l2.bias.double()) + f64(p2) @ p.bias.double() + p2.bias.double()
+        clock = None if self.clock_embed is None else outer @ f64(self.clock_embed)
+        dt = self.dtype
+        return FrameProjection(frames.to(dt), None if clock is None else clock.to(dt), (f64(p2) @ f64(p)).to(dt), bias.to(dt))
+
+    def time_condition(self, time: Tensor) -> TimeCondition:
+        """Everything a call derives from ``time [B, n|1]`` (reusable across calls with the same time)."""
+        c = self.time_embed(time)
+        return TimeCondition(c, self.norm_out.modulation(c))
+
     def forward(
         self,
         x: Tensor,
-        time: Tensor,
+        time: Tensor | TimeCondition,
         style: Tensor,
         rope: tuple[Tensor, Tensor],
         ctx: AttentionContext,
         *,
         need_output: bool = True,
         return_repa: bool = False,
+        projected: bool = False,
     ) -> Tensor | None | tuple[Tensor, list[Tensor]]:
         """Run the trunk on embedded tokens.
 
         Args:
             x: ``[B, n, 512]`` embedded lyric tokens and/or latent frames.
-            time: ``[B, n]`` or ``[B, 1]`` per-token time (−1 lyrics, t noisy, +1 clean).
+            time: ``[B, n]`` or ``[B, 1]`` per-token time (−1 lyrics, t noisy, +1 clean), or its
+                :meth:`time_condition` computed earlier (same result, fewer ops).
             style: ``[B, 512]`` style vector (zeros for the unconditional branch).
             rope: cos, sin from :func:`rotary_tables` for the tokens' positions.
             ctx: where keys/values come from (a masked sequence or a KV cache).
             need_output: False for passes that only fill a cache (skips the output head).
             return_repa: also return the REPA projections of the hidden state after
                 ``repa_depth`` layers, one ``[B, n, repa_dims[k]]`` per projector.
+            projected: ``x`` is already the trunk's input ``[B, n, D]`` (the input embedding done,
+                e.g. with :meth:`frame_projection`); ``time`` must then be a :class:`TimeCondition`
+                and ``style`` is not used.
         Returns:
             velocity ``[B, n, M]`` (or None when ``need_output`` is False), plus the REPA list.
         """
-        c = self.time_embed(time)
+        cond = time if isinstance(time, TimeCondition) else None
+        if projected:
+            if cond is None:
+                raise TypeError("a projected call needs its time as a TimeCondition")
+            return self.trunk(x, cond, rope, ctx, need_output=need_output, return_repa=return_repa)
+        c = self.time_embed(time) if cond is None else cond.c
         if c.shape[1] != x.shape[1]:
             c = c.expand(-1, x.shape[1], -1)
         h0 = self.input_embed(x, style.to(x.dtype), c)
+        return self.trunk(h0, cond if cond is not None else TimeCondition(c, None), rope, ctx,  # type: ignore[arg-type]
+                          need_output=need_output, return_repa=return_repa)
+
+    def trunk(
+        self,
+        h0: Tensor,
+        cond: TimeCondition,
+        rope: tuple[Tensor, Tensor],
+        ctx: AttentionContext,
+        *,
+        need_output: bool = True,
+        return_repa: bool = False,
+    ) -> Tensor | None | tuple[Tensor, list[Tensor]]:
+        """The transformer blocks and output head on the trunk's input ``h0 [B, n, D]`` (see :meth:`forward`;
+        a sampler forms ``h0`` with :meth:`frame_projection`). ``cond.modulation`` None: derived from ``cond.c``."""
         h = h0
+        c = cond.c
         cos, sin = rope
         repa: list[Tensor] = []
         for i, block in enumerate(self.transformer_blocks):
@@ -353,5 +469,5 @@ class DiT(nn.Module):
             return None
         if self.long_skip_connection is not None:
             h = self.long_skip_connection(torch.cat((h, h0), dim=-1))
-        out = self.proj_out(self.norm_out(h, c))
+        out = self.proj_out(self.norm_out(h, c, cond.modulation))
         return (out, repa) if return_repa else out

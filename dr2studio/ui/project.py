@@ -6,7 +6,6 @@ never read through a link out, a take's file path from the manifest must resolve
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -16,6 +15,7 @@ from typing import Any
 from dr2studio.audio.daw import MANIFEST_NAME
 from dr2studio.audio.project_manifest import ManifestError, load_manifest
 from dr2studio.confine import ConfineError, check_file_target, resolve_inside, resolve_root
+from dr2studio.scoring.store import SCORES_NAME, ScoreStoreError, newest_scores
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +23,6 @@ __all__ = ["ProjectView", "UiError", "AUDIO_SUFFIXES", "SCORES_NAME", "TAKE_NAME
 
 #: The files the page may fetch: audio only, never the project's other files.
 AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg", ".mp3")
-#: The automatic scores ``dr2studio eval`` appends, one JSON line per scored take.
-SCORES_NAME = "dr2studio.scores.jsonl"
-#: The largest scores file read (bytes); a line per take, so far beyond any project.
-MAX_SCORES_BYTES = 32 * 1024 * 1024
 #: Take names as :func:`dr2studio.audio.daw.write_take` makes them.
 TAKE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _STEM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -102,39 +98,12 @@ class ProjectView:
         A malformed line is skipped (and logged), not fatal: the file is appended to by another tool.
         """
         try:
-            path = check_file_target(self.root, SCORES_NAME, "scores file")
-        except ConfineError as exc:
+            newest = newest_scores(self.root, strict=False)
+        except ScoreStoreError as exc:  # a link out of the project, an oversized or non-UTF-8 file
             raise UiError(str(exc), 409) from exc
-        if not path.is_file():
-            return {}
-        size = path.stat().st_size
-        if size > MAX_SCORES_BYTES:
-            raise UiError(f"{SCORES_NAME} is {size} bytes; the limit is {MAX_SCORES_BYTES}", 409)
-        newest: dict[str, dict[str, Any]] = {}
-        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d is not JSON; skipped", SCORES_NAME, n)
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("take"), str) \
-                    or not isinstance(record.get("scores"), dict):
-                log.warning("%s:%d is not a score record; skipped", SCORES_NAME, n)
-                continue
-            take, time = record["take"], str(record.get("time") or "")
-            if take not in newest or time >= str(newest[take].get("time") or ""):
-                newest[take] = {"take": take, "time": time or None,
-                                "scores": {str(k): _number(v) for k, v in record["scores"].items()},
-                                "details": record.get("details") if isinstance(record.get("details"), dict) else {}}
+        for record in newest.values():
+            record["time"] = record["time"] or None
         return newest
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 # -- rulers ----------------------------------------------------------------------------------------------

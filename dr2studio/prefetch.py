@@ -1,0 +1,79 @@
+"""Run a producer a few items ahead of its consumer, in a worker thread.
+
+Why: a render samples latent blocks and decodes audio from them. For a small model on CPU both run
+one intra-op thread (:func:`dr2studio.flow.sampler.small_model_threads`), so on a machine with two
+cores the second one idles. Sampling block ``i + 1`` while block ``i`` is decoded puts it to work:
+torch releases the GIL inside its kernels, so the two threads overlap. The items and their order
+are exactly those of the plain loop; only the timing changes.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+__all__ = ["prefetch"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_ITEM, _END, _ERROR = "item", "end", "error"
+_POLL_S = 0.05  # how often a blocked producer looks whether the consumer has gone
+
+
+def prefetch(items: Iterable[T], depth: int = 2, *, name: str = "dr2-prefetch") -> Iterator[T]:
+    """Yield the items of ``items``, produced in a worker thread at most ``depth`` items ahead.
+
+    An exception in the producer is raised here, in the consumer, at the position it happened. When the
+    consumer stops early (an exception, ``close()``, garbage collection) the producer is told to stop,
+    its iterator is closed in its own thread, and this call waits for it: no thread outlives the loop,
+    and nothing keeps running on the caller's model after the render returned.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(message: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(message, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put((_ITEM, item)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((_ERROR, exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # the consumer's error (if any) is the one that matters
+                    log.debug("closing the prefetched iterator failed", exc_info=True)
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == _ITEM:
+                yield value
+            elif kind == _END:
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        worker.join()
