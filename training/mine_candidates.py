@@ -162,9 +162,10 @@ def mine_prompts(prompts: Sequence[Prompt], settings: MineSettings, out_dir: Pat
 
     started = not ray.is_initialized()  # a Ray this call started is shut down again; a caller's is left running
     if started:
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or None, num_cpus=None if address else workers, include_dashboard=False,
-                 log_to_driver=True)
+        try:  # a running cluster (RAY_ADDRESS, or one `ray start` began on this machine) does the work
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True)
+        except ConnectionError:  # none: a local Ray of ``workers`` CPUs for this call
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=True)
     try:
         (out_dir / "latents").mkdir(parents=True, exist_ok=True)
         items = [(i, dataclasses.asdict(p)) for i, p in enumerate(prompts)]

@@ -10,10 +10,14 @@
 #   4. measure  benchmarks/demo_quality.py on held-out prompts: the shipped model against the CPPO export
 #
 #   WORK=/tmp/cppo-demo bash training/recipes/cppo_demo.sh
+#   WORK=/tmp/cppo-200 PROMPTS=200 LR=2e-5 bash training/recipes/cppo_demo.sh          # more prompts, gentler
+#   ray start --head --num-cpus 2 && RAY_AUTH_MODE=token RAY_JOB_ADDRESS=http://127.0.0.1:8265 WORK=... \
+#       bash training/recipes/cppo_demo.sh      # Ray 2.60's `ray start` turns token auth on: the CLI needs the mode
 #
 # Each stage is skipped when its output exists; wall times go to $WORK/times (seconds per stage).
-# With RAY_ADDRESS set to a cluster with a job server, stage 3 goes through `ray job submit`.
-# Measured on the shared 2-core machine (2026-12-07; other jobs running beside it): see docs/evaluation.md.
+# With RAY_JOB_ADDRESS set to a cluster's job server (its dashboard, http://HOST:8265), stage 3 goes through
+# `ray job submit`; stage 2 joins a running local cluster by itself (or the one RAY_ADDRESS names).
+# Measured on the 2-core CPU machine (2026-12-07): see docs/evaluation.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -27,6 +31,7 @@ STEPS="${STEPS:-16}"
 WORKERS="${WORKERS:-2}"
 HELD_OUT="${HELD_OUT:-12}"
 CPPO_STEPS="${CPPO_STEPS:-200}"
+LR="${LR:-1e-4}"
 mkdir -p "$WORK"
 TIMES="$WORK/times"
 touch "$TIMES"
@@ -50,10 +55,14 @@ fi
 if [ ! -f "$WORK/export/model.safetensors" ]; then
   t=$(stamp)
   ARGS=(-m training.cppo --config training/configs/cppo_demo.json --storage-path "$WORK" --export-dir "$WORK/export"
-        --max-steps "$CPPO_STEPS" --set preferences="$WORK/mined/candidates.jsonl" --set init_from="$MODEL"
+        --max-steps "$CPPO_STEPS" --set preferences="$WORK/mined/candidates.jsonl" --set init_from="$MODEL" --set lr="$LR"
         --set max_frames=$(( SECONDS_PER_SONG * 40 )))
-  if [ -n "${RAY_ADDRESS:-}" ]; then
-    ray job submit --working-dir "$ROOT" -- python "${ARGS[@]}"
+  if [ -n "${RAY_JOB_ADDRESS:-}" ]; then
+    # the checkout travels as the job's working directory, without its virtualenv, git folder and runs;
+    # WORK and MODEL must be paths the cluster's nodes can read (on one machine they are)
+    "${RAY:-ray}" job submit --address "$RAY_JOB_ADDRESS" --working-dir "$ROOT" \
+        --runtime-env-json '{"excludes": [".venv", ".git", "runs"]}' \
+        -- python "${ARGS[@]}"
   else
     "$PY" "${ARGS[@]}"
   fi
