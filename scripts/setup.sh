@@ -39,3 +39,6 @@ fi
 # installed without dependencies (what its note creation needs is the "midi" extra above)
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "basic-pitch==0.4.0"
 .venv/bin/python -m dr2studio.stack_check
+# librosa's beat tracker (tempo conform) is numba code compiled on first use: ~17 s holding the GIL, in the
+# middle of a producer's first take. Compile it now; numba caches it inside the virtualenv.
+.venv/bin/python -c "from dr2studio.audio.conform import warm_up; print(f'conform kernels compiled in {warm_up():.1f} s')"

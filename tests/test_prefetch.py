@@ -1,4 +1,5 @@
-"""The sampler runs ahead of the decoder in a worker thread: same items, errors where they happened, no stray thread."""
+"""The sampler runs ahead of the decoder in a worker thread: same items, errors where they happened, no
+producer left running, and the same few worker threads reused rather than one per render."""
 from __future__ import annotations
 
 import threading
@@ -6,11 +7,12 @@ import time
 
 import pytest
 
+from dr2studio import prefetch as prefetch_module
 from dr2studio.prefetch import prefetch
 
 
-def _threads() -> set[str]:
-    return {t.name for t in threading.enumerate()}
+def _workers() -> set[int]:
+    return {t.ident for t in threading.enumerate() if t.name.startswith("dr2-prefetch")}
 
 
 def test_items_arrive_in_order_and_the_producer_runs_in_another_thread() -> None:
@@ -23,7 +25,6 @@ def test_items_arrive_in_order_and_the_producer_runs_in_another_thread() -> None
 
     assert list(prefetch(produce(), depth=3)) == list(range(50))
     assert set(where) == {where[0]} and where[0] != threading.get_ident()
-    assert "dr2-prefetch" not in _threads()
 
 
 def test_the_producer_stays_at_most_depth_items_ahead() -> None:
@@ -53,7 +54,6 @@ def test_a_producer_error_is_raised_in_the_consumer_after_the_items_before_it() 
         for item in prefetch(produce()):
             got.append(item)
     assert got == [1, 2]
-    assert "dr2-prefetch" not in _threads()
 
 
 def test_a_consumer_that_stops_early_stops_and_closes_the_producer() -> None:
@@ -73,8 +73,48 @@ def test_a_consumer_that_stops_early_stops_and_closes_the_producer() -> None:
             if item == 5:
                 raise KeyError("the user cancelled")
     assert closed.is_set()  # the generator's cleanup ran before prefetch returned
-    assert len(made) < 20
-    assert "dr2-prefetch" not in _threads()
+    n = len(made)
+    time.sleep(0.2)
+    assert len(made) == n < 20  # and nothing runs on afterwards
+
+
+def test_many_calls_reuse_a_few_threads_instead_of_one_each() -> None:
+    """A thread per render grew the bridge's memory under the soak; the pool keeps the same threads."""
+    for _ in range(3):
+        list(prefetch(iter(range(5))))
+    before = _workers()
+    for _ in range(30):
+        assert list(prefetch(iter(range(5)))) == list(range(5))
+    after = _workers()
+    assert after == before and 1 <= len(after) <= prefetch_module.WORKERS
+
+
+def test_when_every_worker_is_busy_the_items_come_inline() -> None:
+    release = threading.Event()
+
+    def slow():
+        release.wait(10)
+        yield "late"
+
+    busy = [prefetch(slow()) for _ in range(prefetch_module.WORKERS)]
+    results: list[list[str]] = []
+    threads = [threading.Thread(target=lambda it=it: results.append(list(it))) for it in busy]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while prefetch_module._slots._value > 0 and time.monotonic() < deadline:  # all slots taken
+        time.sleep(0.01)
+    here: list[int] = []
+
+    def produce():
+        here.append(threading.get_ident())
+        yield 1
+
+    assert list(prefetch(produce())) == [1] and here == [threading.get_ident()]
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert results == [["late"]] * prefetch_module.WORKERS
 
 
 def test_depth_must_be_positive() -> None:

@@ -30,6 +30,7 @@ import torch
 from dr2studio.requests import TEMPO
 
 __all__ = [
+    "warm_up",
     "ConformError",
     "BeatAnalysis",
     "ConformPlan",
@@ -228,3 +229,30 @@ def conform_wanted(requested: bool | None, target_bpm: float | None, settings: M
         log.info("take was rendered on the model's tempo clock at %g bpm: not conformed", float(clock))
         return False
     return True
+
+
+def warm_up() -> float:
+    """Compile (and cache on disk) every numba kernel of librosa that a conform runs; returns the seconds.
+
+    librosa's beat tracker and onset code are numba functions compiled on first use, ~17 s on two cores,
+    and the compiler holds the GIL while it works. ``scripts/setup.sh`` calls this once, so the kernels are
+    cached in the virtualenv and a producer's first conformed take does not stall the bridge.
+    """
+    import time
+
+    started = time.perf_counter()
+    rate, bpm = 44100, 120.0
+    t = np.arange(int(rate * 6.0)) / rate
+    clicks = np.zeros_like(t)
+    for beat in range(int(6.0 * bpm / 60.0)):  # a kick-like click on every beat, louder on the one
+        n = int(beat * 60.0 / bpm * rate)
+        length = min(2000, len(t) - n)
+        clicks[n:n + length] += (1.0 if beat % 4 == 0 else 0.6) * np.sin(2 * np.pi * 60.0 * t[:length]) * np.exp(-t[:length] * 30.0)
+    audio = torch.from_numpy(np.stack([clicks, clicks]).astype(np.float32))
+    plan = plan_conform(audio, rate, 96.0)
+    apply_conform(audio, rate, plan)
+    try:  # the path of a take without a steady beat, too
+        plan_conform(torch.zeros(2, rate * 4), rate, 96.0)
+    except ConformError:
+        pass
+    return time.perf_counter() - started
