@@ -5,12 +5,14 @@ ratings (:mod:`dr2studio.ratings`) and automatic scores (``<project>/dr2studio.s
 ``dr2studio eval``), finds each take's song file and sidecar (the latents the model made, the lyric tokens
 and the style vector it was conditioned on), and writes one JSON line per usable take in the sample format
 ``training/cppo.py`` reads (``load_candidates``): ``prompt``, ``tokens``, ``style_embedding``,
-``latents`` and ``labels`` in [0, 1] for the four dimensions.
+``latents`` and ``labels`` in [0, 1] for the dimensions it has.
 
 Labels: a dimension a producer rated takes the ratings (mean stars over sources, 1 -> 0, 5 -> 1; with
 ``min_stars``, 1 when the mean reaches it, else 0); a dimension nobody rated takes the take's newest
-automatic score. A take without a label on every dimension, without a song file or sidecar, or whose
-sidecar comes from another model than the one to train, is left out, and the report says why. Takes
+automatic score. A take pairs in each CPPO group whose two dimensions it has labels for (the signal
+scorer gives no lyric accuracy, so signal-scored takes pair on style + quality only); a take with neither
+group's labels, without a song file or sidecar, or whose sidecar comes from another model than the one to
+train, is left out, and the report says why. Takes
 conditioned on the same lyric tokens and style vector share a ``prompt``: pairs form only within one.
 
 Output is all or nothing: the tensors go to a fresh ``<name>.<id>.latents/`` folder beside the JSONL
@@ -36,7 +38,15 @@ import torch
 from dr2studio.atomic import atomic_folder, atomic_path, atomic_write_text
 from dr2studio.audio.daw import ProjectError, project_layout, read_manifest
 from dr2studio.confine import ConfineError, check_file_target, resolve_inside, resolve_root
-from dr2studio.flow.preference import LOSING_CASES, PAIR_GROUPS, Candidate, PreferenceError, build_pairs, is_good
+from dr2studio.flow.preference import (
+    LOSING_CASES,
+    PAIR_GROUPS,
+    Candidate,
+    PreferenceError,
+    build_pairs,
+    is_good,
+    labelled_for,
+)
 from dr2studio.ratings import DIMENSIONS, STARS, RatingError, RatingStore, stars_to_label
 from dr2studio.requests import RequestError
 from dr2studio.scoring.store import SCORES_NAME, ScoreStoreError, newest_scores
@@ -198,9 +208,10 @@ def _available(candidates: Sequence[Candidate], dims: tuple[str, str], threshold
 
 
 def _group_reports(samples: Sequence[_Sample], threshold: float) -> dict[str, GroupReport]:
-    candidates = [Candidate(str(i), s.prompt, s.labels) for i, s in enumerate(samples)]
+    everyone = [Candidate(str(i), s.prompt, s.labels) for i, s in enumerate(samples)]
     reports = {}
     for group, dims in sorted(PAIR_GROUPS.items()):
+        candidates = labelled_for(everyone, group)  # a take pairs only in the groups it has both labels of
         available = _available(candidates, dims, threshold)
         try:
             pairs, note = len(build_pairs(candidates, group, threshold=threshold)), None
@@ -281,7 +292,7 @@ def export_candidates(projects: Sequence[str | os.PathLike], output: str | os.Pa
             if len(missing) == len(DIMENSIONS):
                 left_out.append(LeftOut(str(root), name, "unrated and unscored"))
                 continue
-            if missing:
+            if not any(all(d in labels for d in dims) for dims in PAIR_GROUPS.values()):  # pairs in no group
                 left_out.append(LeftOut(str(root), name, f"no label for {', '.join(missing)} (not rated, not scored)"))
                 continue
             song, why = _load_sample(root, entry, fingerprint)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from dr2studio.cli import main
 from dr2studio.demo import demo_model_dir
+from dr2studio.flow.preference import Candidate
 from dr2studio.prefs import SCORES_NAME, PrefsError, export_candidates
 from dr2studio.ratings import RATINGS_NAME, RatingStore
 from dr2studio.song import Song
@@ -209,3 +210,30 @@ def test_cppo_trains_from_an_exported_project_and_studio_loads_the_model(project
     assert studio.fingerprint != Studio.load().fingerprint  # trained weights, a new model
     song = studio.generate(LYRICS, STYLE, 0.5, steps=2, seed=0)
     assert song.audio.shape[-1] > 0 and torch.isfinite(song.audio).all()
+
+
+def test_signal_scored_takes_pair_on_the_groups_they_have_labels_for(songs: dict[str, Path], tmp_path: Path) -> None:
+    """`dr2studio eval` without an ASR gives no lyric accuracy: such takes still pair on style + quality,
+    and CPPO's pairing takes them for that group only."""
+    from dr2studio.flow.preference import build_pairs, labelled_for
+
+    root = tmp_path / "signal"
+    for take in ("t0", "t1", "t2"):
+        _stems(songs[take], root, take)
+    values = {"t0": (0.9, 0.9, 0.9), "t1": (0.9, 0.2, 0.9), "t2": (0.8, 0.1, 0.95)}  # musicality, style, quality
+    lines = [{"take": t, "time": "2026-12-07T03:00:00+00:00", "details": {},
+              "scores": {"musicality": m, "lyric_accuracy": None, "style_similarity": st, "audio_quality": q}}
+             for t, (m, st, q) in values.items()]
+    (root / SCORES_NAME).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "signal.jsonl"
+    report = _export(str(root), "-o", str(out))
+    assert report["left_out"] == [] and report["candidates"] == 3
+    groups = report["groups"]
+    assert groups["style_quality"]["available"] == {"first": 2, "second": 0, "both": 0}
+    assert groups["musicality_lyrics"]["available"] == {"first": 0, "second": 0, "both": 0}
+    written = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all("lyric_accuracy" not in w["labels"] for w in written)
+    cands = [Candidate(str(i), w["prompt"], w["labels"]) for i, w in enumerate(written)]
+    assert labelled_for(cands, "musicality_lyrics") == []
+    pairs = build_pairs(labelled_for(cands, "style_quality"), "style_quality", balance=False)
+    assert {(p.chosen.id, p.rejected.id) for p in pairs} == {("0", "1"), ("0", "2")}

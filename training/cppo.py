@@ -50,6 +50,7 @@ from dr2studio.flow.preference import (
     average_state_dicts,
     build_pairs,
     fm_dpo_loss,
+    labelled_for,
     shared_noise,
 )
 from dr2studio.models.dit import DecoderLayer, DiTConfig
@@ -213,7 +214,10 @@ def load_candidates(path: str | Path, cfg: CPPOTrainConfig) -> list[Candidate]:
 
 def write_pairs(candidates: Sequence[Candidate], group: str, out: Path, cfg: CPPOTrainConfig) -> tuple[Path, dict[str, int]]:
     """Pair ``candidates`` for ``group`` and store them as one shard: chosen_k at 2k, rejected_k at 2k+1."""
-    pairs = build_pairs(candidates, group, seed=cfg.seed, threshold=cfg.label_threshold, max_pairs=cfg.max_pairs or None,
+    usable = labelled_for(candidates, group)
+    if not usable:
+        raise PreferenceError(f"group {group!r}: no candidate has both of its labels {list(PAIR_GROUPS[group])}")
+    pairs = build_pairs(usable, group, seed=cfg.seed, threshold=cfg.label_threshold, max_pairs=cfg.max_pairs or None,
                         balance=cfg.balance_cases)
     examples = []
     for p in pairs:

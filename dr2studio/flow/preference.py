@@ -29,6 +29,7 @@ from dr2studio.flow.block_fm import BlockFlowMatching, pad_end_of_prediction
 
 __all__ = [
     "DIMENSIONS",
+    "labelled_for",
     "PAIR_GROUPS",
     "LOSING_CASES",
     "PreferenceError",
@@ -78,6 +79,14 @@ def is_good(candidate: Candidate, dim: str, threshold: float = 0.5) -> bool:
     if dim not in candidate.labels:
         raise PreferenceError(f"candidate {candidate.id!r} has no label for {dim!r} (labels: {sorted(candidate.labels)})")
     return float(candidate.labels[dim]) >= threshold
+
+
+def labelled_for(candidates: Sequence[Candidate], group: str) -> list[Candidate]:
+    """The candidates that carry both labels of ``group``: a take rated or scored on only some dimensions
+    (no lyric-accuracy scorer, say) still pairs in the groups it has labels for."""
+    if group not in PAIR_GROUPS:
+        raise PreferenceError(f"unknown pair group {group!r}; choose from {sorted(PAIR_GROUPS)}")
+    return [c for c in candidates if all(d in c.labels for d in PAIR_GROUPS[group])]
 
 
 def _case(c: Candidate, dims: tuple[str, str], threshold: float) -> str | None:
