@@ -250,7 +250,10 @@ def test_midi_file_by_osc_and_by_watch_folder(app, tmp_path):
         send("/dr2/midi/file", "../plan.mid")
         assert "outside the project" in until("/dr2/error", "/dr2/midi/file")[1]
 
-        # a file dropped into the watch folder with a generate cue renders a whole song
+        # a file dropped into the watch folder with a generate cue renders a whole song (at the plan's
+        # length: tempo conform off, or a beat found in the random model's noise may stretch the take)
+        send("/dr2/take/conform", 0)
+        until("/dr2/ack", "/dr2/take/conform")
         _midi_file(tmp_path / "staging.mid", cues=("generate",))
         (tmp_path / "staging.mid").rename(app.watch.folder / "dropped.mid")
         imported = until("/dr2/midi/imported", "dropped.mid")
