@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,13 +39,12 @@ from dr2studio.atomic import atomic_folder, atomic_path, atomic_write_text
 from dr2studio.audio.daw import ProjectError, project_layout, read_manifest
 from dr2studio.confine import ConfineError, check_file_target, resolve_inside, resolve_root
 from dr2studio.flow.preference import (
-    LOSING_CASES,
     PAIR_GROUPS,
     Candidate,
     PreferenceError,
     build_pairs,
-    is_good,
     labelled_for,
+    pairs_per_case,
 )
 from dr2studio.ratings import DIMENSIONS, STARS, RatingError, RatingStore, stars_to_label
 from dr2studio.requests import RequestError
@@ -192,27 +191,12 @@ def _load_sample(root: Path, entry: dict[str, Any], fingerprint: str) -> tuple[A
     return song, None
 
 
-def _available(candidates: Sequence[Candidate], dims: tuple[str, str], threshold: float) -> dict[str, int]:
-    """(chosen, rejected) pairs per losing case within prompts, before balancing."""
-    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
-    for c in candidates:
-        by_prompt[c.prompt].append(c)
-    out = dict.fromkeys(LOSING_CASES, 0)
-    for pool in by_prompt.values():
-        good = [(is_good(c, dims[0], threshold), is_good(c, dims[1], threshold)) for c in pool]
-        winners = sum(1 for a, b in good if a and b)
-        for a, b in good:
-            if not (a and b):
-                out["both" if not (a or b) else ("first" if not a else "second")] += winners
-    return out
-
-
 def _group_reports(samples: Sequence[_Sample], threshold: float) -> dict[str, GroupReport]:
     everyone = [Candidate(str(i), s.prompt, s.labels) for i, s in enumerate(samples)]
     reports = {}
     for group, dims in sorted(PAIR_GROUPS.items()):
         candidates = labelled_for(everyone, group)  # a take pairs only in the groups it has both labels of
-        available = _available(candidates, dims, threshold)
+        available = pairs_per_case(candidates, group, threshold)
         try:
             pairs, note = len(build_pairs(candidates, group, threshold=threshold)), None
         except PreferenceError as exc:

@@ -182,7 +182,7 @@ def mine_prompts(prompts: Sequence[Prompt], settings: MineSettings, out_dir: Pat
 
 def pair_counts(records: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
     """Per CPPO group: pairs per losing case before balancing, or why the group yields none."""
-    from dr2studio.flow.preference import LOSING_CASES, PAIR_GROUPS, Candidate, PreferenceError, build_pairs
+    from dr2studio.flow.preference import PAIR_GROUPS, Candidate, PreferenceError, build_pairs, pairs_per_case
 
     cands = [Candidate(str(i), r["prompt"], r["labels"]) for i, r in enumerate(records)]
     out: dict[str, Any] = {}
@@ -191,16 +191,7 @@ def pair_counts(records: Sequence[dict[str, Any]], threshold: float) -> dict[str
         if missing:
             out[group] = {"pairs": 0, "reason": f"no score for {missing} (needs a model-based scorer)"}
             continue
-        counts = dict.fromkeys(LOSING_CASES, 0)
-        for prompt in {c.prompt for c in cands}:
-            pool = [c for c in cands if c.prompt == prompt]
-            good = [all(c.labels[d] >= threshold for d in dims) for c in pool]
-            for c, ok in zip(pool, good):
-                if ok:
-                    continue
-                a, b = (c.labels[d] >= threshold for d in dims)
-                case = "both" if not (a or b) else ("first" if not a else "second")
-                counts[case] += sum(good)
+        counts = pairs_per_case(cands, group, threshold)
         try:
             balanced = len(build_pairs(cands, group, threshold=threshold))
         except PreferenceError as exc:

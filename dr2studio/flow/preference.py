@@ -30,6 +30,7 @@ from dr2studio.flow.block_fm import BlockFlowMatching, pad_end_of_prediction
 __all__ = [
     "DIMENSIONS",
     "labelled_for",
+    "pairs_per_case",
     "PAIR_GROUPS",
     "LOSING_CASES",
     "PreferenceError",
@@ -96,6 +97,30 @@ def _case(c: Candidate, dims: tuple[str, str], threshold: float) -> str | None:
     return "both" if not (a or b) else ("first" if not a else "second")
 
 
+def _pools(candidates: Sequence[Candidate], group: str) -> tuple[tuple[str, str], dict[str, list[Candidate]]]:
+    """The group's two dimensions and its candidates by prompt (pairs form only within a prompt)."""
+    if group not in PAIR_GROUPS:
+        raise PreferenceError(f"unknown pair group {group!r}; choose from {sorted(PAIR_GROUPS)}")
+    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        by_prompt[c.prompt].append(c)
+    return PAIR_GROUPS[group], by_prompt
+
+
+def pairs_per_case(candidates: Sequence[Candidate], group: str, threshold: float = 0.5) -> dict[str, int]:
+    """(chosen, rejected) pairs per losing case within prompts, before balancing: what a report shows so a
+    producer sees why a group yields few or no balanced pairs. Every candidate needs the group's labels."""
+    dims, by_prompt = _pools(candidates, group)
+    out = dict.fromkeys(LOSING_CASES, 0)
+    for pool in by_prompt.values():
+        cases = [_case(c, dims, threshold) for c in pool]
+        winners = cases.count(None)
+        for case in cases:
+            if case is not None:
+                out[case] += winners
+    return out
+
+
 def build_pairs(
     candidates: Sequence[Candidate],
     group: str,
@@ -113,12 +138,7 @@ def build_pairs(
     ``balance=False`` every pair is kept (``max_pairs`` caps the total) and only a group with no pair
     at all is refused: for labels where one dimension of the group never loses (automatic scores).
     """
-    if group not in PAIR_GROUPS:
-        raise PreferenceError(f"unknown pair group {group!r}; choose from {sorted(PAIR_GROUPS)}")
-    dims = PAIR_GROUPS[group]
-    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
-    for c in candidates:
-        by_prompt[c.prompt].append(c)
+    dims, by_prompt = _pools(candidates, group)
     per_case: dict[str, list[PreferencePair]] = {k: [] for k in LOSING_CASES}
     for prompt in sorted(by_prompt):
         pool = by_prompt[prompt]
