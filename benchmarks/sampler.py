@@ -14,6 +14,8 @@ Rows (one run, one machine, one table; every time is measured here, nothing is c
   attention mask, a separate store pass per branch after each block. ``growth`` = mean seconds of the
   last 3 blocks / of blocks 1-3 (block 0 also caches the lyrics). The official-style sampler runs on our
   lean DiT module, so it measures the sampling strategy, not the released code's own overhead.
+- ``weights not packed``: ours with plain ``F.linear`` instead of the float32 weights packed once per song
+  (``dr2studio.models.packed_linear``), same song.
 - ``released sampler`` (with ``--official DIR``): the released ``CFM.sample_block_cache`` itself, imported from
   a checkout of the official repository, on the same weights (its DiT loads our state dict with strict keys)
   and the same noise: the comparison issue 22 states its 3x goal against.
@@ -316,12 +318,20 @@ def main() -> None:
             lat_off = official_style(model, tokens, style, frames, args.steps, 2.0, noise, block_times=t_off)
             w_off, c_off = clock.lap()
             diff = (lat_ours - lat_off[:, :frames]).abs().max().item()
+            BlockSampler.pack_weights = False  # ours with plain F.linear: what the packed weights gain
+            clock = Clock()
+            lat_plain = ours(model, tokens, style, frames, args.steps, 2.0, noise=noise)
+            w_plain, c_plain = clock.lap()
+            BlockSampler.pack_weights = True
             sec = f"{args.seconds:g} s"
             rows += [
                 (f"35m ours, {sec}, {args.steps} steps (wall / cpu s)", f"{w_ours:.1f} / {c_ours:.1f}", "", "-"),
                 ("35m official-style, same song (wall / cpu s)", f"{w_off:.1f} / {c_off:.1f}", "", "-"),
                 ("35m speed-up vs official-style (wall, cpu)", f"{w_off / w_ours:.2f}x, {c_off / c_ours:.2f}x", ">= 3x",
                  _met(w_off / w_ours >= 3)),
+                ("35m ours, weights not packed (wall / cpu s)", f"{w_plain:.1f} / {c_plain:.1f}", "", "-"),
+                ("35m packed weights: speed-up (wall), max |diff|",
+                 f"{w_plain / w_ours:.2f}x, {(lat_ours - lat_plain).abs().max().item():.1e}", "", "-"),
                 ("35m per-block growth first->last, ours", f"{growth(t_ours):.2f}", "<= 1.3", _met(growth(t_ours) <= 1.3)),
                 ("35m per-block growth, official-style", f"{growth(t_off):.2f}", "", "-"),
                 ("35m ours vs official-style, max |diff|", f"{diff:.1e}", "<= 1e-5 x max|latent|",

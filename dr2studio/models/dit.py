@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dr2studio.config import ConfigError, JsonConfig
+from dr2studio.models import packed_linear
+from dr2studio.models.packed_linear import PackableLinear, PackedWeights
 
 __all__ = ["COND_DIM", "DiTConfig", "DiT", "AttentionContext", "MaskedAttention", "TimeCondition", "FrameProjection",
            "rotary_tables", "tempo_clock"]
@@ -176,10 +178,10 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
-        self.o_proj = nn.Linear(dim, dim, bias=False)
+        self.q_proj = PackableLinear(dim, dim, bias=False)
+        self.k_proj = PackableLinear(dim, dim, bias=False)
+        self.v_proj = PackableLinear(dim, dim, bias=False)
+        self.o_proj = PackableLinear(dim, dim, bias=False)
         self.q_norm = RMSNorm(self.head_dim)
         self.k_norm = RMSNorm(self.head_dim)
 
@@ -204,9 +206,9 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_proj = PackableLinear(dim, hidden, bias=False)
+        self.up_proj = PackableLinear(dim, hidden, bias=False)
+        self.down_proj = PackableLinear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -342,9 +344,9 @@ class DiT(nn.Module):
         else:
             self.clock_embed = None
         self.transformer_blocks = nn.ModuleList(DecoderLayer(d, config.heads, config.ff_mult) for _ in range(config.depth))
-        self.long_skip_connection = nn.Linear(2 * d, d, bias=False) if config.long_skip_connection else None
+        self.long_skip_connection = PackableLinear(2 * d, d, bias=False) if config.long_skip_connection else None
         self.norm_out = AdaLayerNormFinal(d)
-        self.proj_out = nn.Linear(d, config.mel_dim)
+        self.proj_out = PackableLinear(d, config.mel_dim)
         if config.repa_depth > 0:
             self.projectors = nn.ModuleList(_projector(d, n) for n in config.repa_dims)
         else:
@@ -394,6 +396,14 @@ class DiT(nn.Module):
         clock = None if self.clock_embed is None else outer @ f64(self.clock_embed)
         dt = self.dtype
         return FrameProjection(frames.to(dt), None if clock is None else clock.to(dt), (f64(p2) @ f64(p)).to(dt), bias.to(dt))
+
+    def packed_weights(self, rows: int) -> PackedWeights | None:
+        """The trunk's float32 CPU weights packed for ``rows``-row products (see
+        :mod:`dr2studio.models.packed_linear`); None where packing does not apply. Recompute after the
+        weights change."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return None
+        return packed_linear.pack_model([m.weight for m in self.modules() if isinstance(m, PackableLinear)], rows)
 
     def time_condition(self, time: Tensor) -> TimeCondition:
         """Everything a call derives from ``time [B, n|1]`` (reusable across calls with the same time)."""
