@@ -324,12 +324,16 @@ class TakeRequest(JsonConfig):
 
     ``conform``: fit the take to ``conform_bpm`` (else the project's / session's tempo) and put its first
     downbeat on a bar line; None = the default by model (off for a song a model's tempo clock already
-    played at that tempo, on otherwise when a target tempo is known). ``midi``: write a ``.mid`` per
-    pitched stem next to its WAV (:mod:`dr2studio.audio.transcribe`).
+    played at that tempo, on otherwise when a target tempo is known). ``source_bpm``: the take's own
+    tempo as the producer hears it, for a beat the tracker may read in half or double time (the
+    authors' example recording reads 68 or 136); conform keeps the tracker's exact reading in that
+    octave instead of the one nearest the target. ``midi``: write a ``.mid`` per pitched stem next to
+    its WAV (:mod:`dr2studio.audio.transcribe`).
     """
 
     conform: bool | None = None
     conform_bpm: float | None = None
+    source_bpm: float | None = None
     midi: bool = False
 
     def validate(self) -> None:
@@ -340,3 +344,7 @@ class TakeRequest(JsonConfig):
         self.midi = _check_bool(self.midi, "midi")
         if self.conform is False and self.conform_bpm is not None:
             raise RequestError("conform_bpm", "conform_bpm is given but conform is off; drop one of them")
+        if self.source_bpm is not None:
+            self.source_bpm = TEMPO.check(self.source_bpm, "source_bpm")
+            if self.conform is False:
+                raise RequestError("source_bpm", "source_bpm is given but conform is off; drop one of them")

@@ -99,6 +99,47 @@ def test_the_real_recording_is_conformed() -> None:
     assert _length_ratio(out, audio, plan, rate) == pytest.approx(plan.stretch_ratio, rel=0.005)
 
 
+def test_a_stated_source_tempo_picks_the_octave_of_the_real_recording() -> None:
+    """2.wav's beat reads 67.95 bpm (librosa) as well as ~136 (our estimator): folded towards 96 it was taken as
+    67.95 and sped up; the producer's stated 136 keeps that octave and slows it down instead."""
+    data, rate = sf.read(shared_real("2.wav"), dtype="float32", always_2d=True)
+    audio = torch.from_numpy(data.T.copy())
+    nearest = plan_conform(audio, rate, 96.0)
+    stated = plan_conform(audio, rate, 96.0, source_bpm=136.0)
+    assert nearest.stretch_ratio < 0.75, "the octave tie this test is about: without a stated tempo the song is sped up"
+    assert stated.source_bpm == 136.0 and stated.detected_bpm == pytest.approx(136, rel=0.01)
+    assert stated.stretch_ratio == pytest.approx(2 * nearest.stretch_ratio, rel=1e-3)  # the reading, an octave up
+    out = apply_conform(audio, rate, stated)
+    assert _length_ratio(out, audio, stated, rate) == pytest.approx(stated.stretch_ratio, rel=0.005)
+    assert stated.manifest()["source_bpm"] == 136.0
+    with pytest.raises(ConformError, match="stated source tempo 100 bpm does not match"):
+        plan_conform(audio, rate, 96.0, source_bpm=100.0)
+
+
+def test_a_stated_source_tempo_is_checked_through_every_door(take_120, tmp_path: Path) -> None:
+    from dr2studio.cli import main
+
+    with pytest.raises(RequestError, match="source_bpm must be a number in"):
+        TakeRequest(conform_bpm=96, source_bpm=0).validate()
+    with pytest.raises(RequestError, match="source_bpm is given but conform is off"):
+        TakeRequest(conform=False, source_bpm=120).validate()
+    audio, rate = take_120
+    plan = plan_conform(audio, rate, 96.0, source_bpm=60.0)  # the 120 bpm song stated in half time: its octave kept
+    assert plan.detected_bpm == pytest.approx(60, abs=0.5) and plan.stretch_ratio == pytest.approx(60 / 96, rel=0.01)
+    song = _song_file(take_120, tmp_path / "take.wav")
+    project = tmp_path / "proj"
+    for args, message in ((["--conform-bpm", "96", "--source-bpm", "100"], "stated source tempo 100 bpm does not match"),
+                          (["--no-conform", "--source-bpm", "120"], "source_bpm is given but conform is off")):
+        result = CliRunner().invoke(main, ["stems", str(song), "--project", str(project), *args])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert not (project / "dr2studio.json").exists() and not list(project.rglob("*.wav"))
+    result = CliRunner().invoke(main, ["stems", str(song), "--project", str(project), "--conform-bpm", "96",
+                                       "--source-bpm", "120", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    conform = json.loads((project / "dr2studio.json").read_text())["takes"][-1]["conform"]
+    assert conform["source_bpm"] == 120 and conform["stretch_ratio"] == pytest.approx(120 / 96, rel=0.01)
+
+
 def test_octaves_fold_towards_the_target() -> None:
     assert fold_tempo(60, 96) == 120 and fold_tempo(68, 96) == 68 and fold_tempo(240, 96) == 120
     for bpm in (40.0, 61.0, 97.0, 180.0, 300.0):
@@ -157,7 +198,8 @@ def test_cli_conform_and_midi_write_wavs_mids_and_the_manifest(take_120, tmp_pat
     entry = manifest["takes"][-1]
     conform = entry["conform"]
     assert set(conform) == {"detected_bpm", "target_bpm", "stretch_ratio", "key", "first_downbeat_seconds",
-                            "offset_seconds"}
+                            "offset_seconds", "source_bpm"}
+    assert conform["source_bpm"] is None
     assert conform["target_bpm"] == 96 and conform["detected_bpm"] == pytest.approx(120, abs=1)
     wav = project / entry["files"]["mix"]
     data, rate = sf.read(wav, dtype="float32", always_2d=True)
@@ -236,6 +278,13 @@ def test_osc_routes_set_the_take_options_over_udp(tmp_path: Path) -> None:
         client.send("/dr2/take/conform", -1)
         assert client.reply("/dr2/ack", "/dr2/error")[0] == "/dr2/ack"
         assert bridge.take_options == TakeRequest(conform=None, conform_bpm=None, midi=True)
+        client.send("/dr2/take/conform", 1, 0.0, 136.0)  # the session's tempo, the takes' own tempo stated
+        assert client.reply("/dr2/ack", "/dr2/error") == ("/dr2/ack", ["/dr2/take/conform"])
+        assert bridge.take_options == TakeRequest(conform=True, conform_bpm=None, source_bpm=136.0, midi=True)
+        client.send("/dr2/take/conform", 0, 0.0, 136.0)
+        address, args = client.reply("/dr2/ack", "/dr2/error")
+        assert address == "/dr2/error" and "source_bpm is given but conform is off" in args[1]
+        assert bridge.take_options.source_bpm == 136.0
     finally:
         client.close()
         server.close()

@@ -9,6 +9,9 @@ same start shift, so the stems stay sample-aligned with one another.
 
 Octaves: a beat tracker may hear half or double time. The detected tempo is folded by octaves into
 ``[target / sqrt(2), target * sqrt(2))``, so a take is never stretched by more than ~41 % either way.
+Where that picks the wrong octave (a real song whose pulse reads 68 as well as 136 bpm), the producer
+states the take's own tempo (``source_bpm``): the reading is folded to that octave instead, and a stated
+tempo that no octave of the reading matches within :data:`SOURCE_TOLERANCE` is refused.
 
 Downbeat alignment: bar lines lie every ``beats_per_bar`` beats of the target tempo from timeline 0.
 The take stays at its ``position_seconds``; its audio is padded with silence (or has its lead-in
@@ -36,6 +39,7 @@ __all__ = [
     "ConformPlan",
     "ANALYSIS_RATE",
     "MIN_BEAT_STRENGTH",
+    "SOURCE_TOLERANCE",
     "analyse_beats",
     "fold_tempo",
     "plan_conform",
@@ -52,6 +56,8 @@ _LOW_HZ = 200.0  # downbeats are told by kick / bass onsets below this
 #: :func:`dr2studio.audio.features.beat_strength` below which a take has no beat to conform: music reads
 #: 0.5-0.8 (the real recording 0.55, a rendered folk tune 0.82), a drone 0.0, white noise ~0.02.
 MIN_BEAT_STRENGTH = 0.25
+#: How far (relative) a stated source tempo may lie from the nearest octave of the tempo found.
+SOURCE_TOLERANCE = 0.06
 
 
 class ConformError(ValueError):
@@ -85,13 +91,15 @@ class ConformPlan:
     key: str | None
     first_downbeat_seconds: float
     offset_seconds: float
+    source_bpm: float | None = None  # the take's tempo as stated by the producer, when given
 
     def manifest(self) -> dict[str, Any]:
         """The take's ``conform`` entry in ``dr2studio.json`` (docs/manifest.md)."""
         return {"detected_bpm": round(self.detected_bpm, 3), "target_bpm": round(self.target_bpm, 3),
                 "stretch_ratio": round(self.stretch_ratio, 6), "key": self.key,
                 "first_downbeat_seconds": round(self.first_downbeat_seconds, 4),
-                "offset_seconds": round(self.offset_seconds, 4)}
+                "offset_seconds": round(self.offset_seconds, 4),
+                "source_bpm": None if self.source_bpm is None else round(self.source_bpm, 3)}
 
 
 def _mono(audio: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -169,16 +177,24 @@ def analyse_beats(audio: torch.Tensor | np.ndarray, sample_rate: int, *, beats_p
 
 def plan_conform(audio: torch.Tensor | np.ndarray, sample_rate: int, target_bpm: float, *,
                  position_seconds: float = 0.0, beats_per_bar: int = 4,
-                 analysis: BeatAnalysis | None = None) -> ConformPlan:
+                 analysis: BeatAnalysis | None = None, source_bpm: float | None = None) -> ConformPlan:
     """The conform of one take (analysed on ``audio``, its mix) to ``target_bpm`` at ``position_seconds``.
 
-    ``target_bpm`` is checked by the request layer's tempo limit (a tempo of 0 is refused there).
+    ``target_bpm`` and ``source_bpm`` (the take's own tempo, stated where the beat is ambiguous) are
+    checked by the request layer's tempo limit (a tempo of 0 is refused there).
     """
     target = float(TEMPO.check(target_bpm, "conform_bpm"))
+    source = None if source_bpm is None else float(TEMPO.check(source_bpm, "source_bpm"))
     if isinstance(position_seconds, bool) or not (float(position_seconds) >= 0.0 and math.isfinite(position_seconds)):
         raise ConformError(f"timeline position must be a finite number >= 0 seconds, got {position_seconds!r}")
-    beats = analysis or analyse_beats(audio, sample_rate, beats_per_bar=beats_per_bar, start_bpm=target)
-    detected = fold_tempo(beats.bpm, target)
+    beats = analysis or analyse_beats(audio, sample_rate, beats_per_bar=beats_per_bar, start_bpm=source or target)
+    if source is None:
+        detected = fold_tempo(beats.bpm, target)
+    else:  # the producer's octave; the tracker's reading for the exact value
+        detected = fold_tempo(beats.bpm, source)
+        if abs(detected / source - 1.0) > SOURCE_TOLERANCE:
+            raise ConformError(f"the stated source tempo {source:g} bpm does not match the beat found in the take "
+                               f"({beats.bpm:.1f} bpm, or half / double that); leave it out or check it")
     # a folded tempo means the tracker's beat was half or double ours; the bar grid is unchanged in seconds
     ratio = detected / target  # output length / input length
     downbeat_out = beats.first_downbeat * ratio
@@ -188,7 +204,7 @@ def plan_conform(audio: torch.Tensor | np.ndarray, sample_rate: int, target_bpm:
     line = max(first_line, round((p + downbeat_out) / bar)) * bar
     offset = line - (p + downbeat_out)
     return ConformPlan(detected_bpm=detected, target_bpm=target, stretch_ratio=ratio, key=beats.key,
-                       first_downbeat_seconds=line - p, offset_seconds=offset)
+                       first_downbeat_seconds=line - p, offset_seconds=offset, source_bpm=source)
 
 
 def apply_conform(audio: torch.Tensor, sample_rate: int, plan: ConformPlan) -> torch.Tensor:

@@ -343,9 +343,9 @@ def _conformed(sources: Mapping[str, torch.Tensor], rate: int, opts: TakeRequest
     mix = sources["mix"] if "mix" in sources else next(iter(sources.values()))
     try:
         plan = plan_conform(mix, rate, float(target), position_seconds=float(info.get("position_seconds") or 0.0),
-                            beats_per_bar=beats_per_bar)
+                            beats_per_bar=beats_per_bar, source_bpm=opts.source_bpm)
     except ConformError as exc:
-        if opts.conform:
+        if opts.conform or opts.source_bpm is not None:  # asked for (a stated source tempo asks for it too)
             raise
         log.warning("take not conformed to %g bpm: %s", float(target), exc)
         return sources, None

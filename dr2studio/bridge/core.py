@@ -314,12 +314,16 @@ class Bridge:
             self.require_session()
             self.steps, self.cfg_strength = steps, cfg_strength
 
-    def set_conform(self, on: int, bpm: float | None = None) -> None:
-        """Tempo conform of later takes (``/dr2/take/conform i:on [f:bpm]``): 1 on, 0 off, -1 the default by
-        model; ``bpm`` a fixed target instead of the session's tempo. Checked by the request layer."""
+    def set_conform(self, on: int, bpm: float | None = None, source_bpm: float | None = None) -> None:
+        """Tempo conform of later takes (``/dr2/take/conform i:on [f:bpm [f:source_bpm]]``): 1 on, 0 off, -1 the
+        default by model; ``bpm`` a fixed target instead of the session's tempo (0: the session's);
+        ``source_bpm`` the takes' own tempo where their beat reads in half or double time. Checked by the
+        request layer."""
         if on not in (-1, 0, 1):
             raise BridgeError(f"/dr2/take/conform: on must be 1 (on), 0 (off) or -1 (default by model), got {on}")
-        options = TakeRequest(conform=None if on == -1 else bool(on), conform_bpm=bpm,
+        if bpm is not None and bpm == 0 and source_bpm is not None:
+            bpm = None  # a placeholder before source_bpm: the session's tempo
+        options = TakeRequest(conform=None if on == -1 else bool(on), conform_bpm=bpm, source_bpm=source_bpm,
                               midi=self.take_options.midi)
         with refused():
             options.validate()

@@ -224,8 +224,9 @@ def _routes(server: "OscServer") -> dict[str, _Route]:
                                  "take (name or job id), stars 1..5 [, dimension: overall (default), musicality, "
                                  "lyric_accuracy, style_similarity, audio_quality]; event /dr2/take/rated s:take s:dimension i:stars s:source"),
         "/dr2/fx/preset": _Route("ss", "", b.set_fx, "stem, preset"),
-        "/dr2/take/conform": _Route("i", "f", b.set_conform, "tempo conform of later takes: 1 on, 0 off, -1 default "
-                                    "by model; optional fixed target bpm (default: the session tempo)"),
+        "/dr2/take/conform": _Route("i", "ff", b.set_conform, "tempo conform of later takes: 1 on, 0 off, -1 default "
+                                    "by model; optional fixed target bpm (default or 0: the session tempo); optional "
+                                    "source bpm, the takes' own tempo where their beat reads in half or double time"),
         "/dr2/take/midi": _Route("i", "", lambda on: b.set_midi(on), "1: write a .mid per pitched stem with later takes"),
         "/dr2/midi/file": _Route("s", "i", lambda p, merge=0: server.import_midi(p, bool(merge)),
                                  "import sections, lyrics and tempo map from a .mid/.kar in the project; "

@@ -27,7 +27,7 @@ An effect that cannot run at the project rate (an EQ band above Nyquist) is skip
 Nothing is written outside DIR: a link inside it that leads out (dr2/, Samples/, Media/, dr2studio.json)
 is refused, and a read-only DIR is reported before any rendering starts.
 --conform-bpm stretches the take to that tempo (pitch kept) and puts its first downbeat on a bar line of
-the project grid from --position; --midi writes <stem>.mid beside the vocals, bass and other WAVs (the
+the project grid from --position (--source-bpm 136 where the song's beat also reads as 68); --midi writes <stem>.mid beside the vocals, bass and other WAVs (the
 mix when not separated). Both are recorded in the manifest (conform, midi); see docs/conform_and_midi.md.
 """
 
@@ -52,6 +52,9 @@ mix when not separated). Both are recorded in the manifest (conform, midi); see 
 @click.option("--take", metavar="NAME", help="Take folder name (default: the song's file name; -2, -3 ... when taken).")
 @click.option("--conform-bpm", type=float, metavar="BPM",
               help="Conform the take to this tempo: time-stretch it and align its first downbeat to a bar.")
+@click.option("--source-bpm", type=float, metavar="BPM",
+              help="The song's own tempo, where its beat reads in half or double time (conform then keeps "
+                   "that octave instead of the one nearest the target).")
 @click.option("--conform/--no-conform", "conform", default=None,
               help="Force tempo conform on or off (default: on when --conform-bpm is given, unless the "
                    "model's tempo clock already played the song at that tempo).")
@@ -61,7 +64,8 @@ mix when not separated). Both are recorded in the manifest (conform, midi); see 
 @user_errors
 def stems(song_path: Path, project: Path, daw: str, preset: str, separate: bool, separator_weights: Path | None,
           sample_rate: int | None, lufs: float | None, position: float, take: str | None,
-          conform_bpm: float | None, conform: bool | None, midi: bool, quiet: bool, as_json: bool) -> None:
+          conform_bpm: float | None, source_bpm: float | None, conform: bool | None, midi: bool, quiet: bool,
+          as_json: bool) -> None:
     """Render SONG into the project folder DIR as 24-bit WAV stems and record the take in DIR/dr2studio.json."""
     from dr2studio.audio.daw import check_project_writable, project_layout
     from dr2studio.audio.effects import load_preset
@@ -69,7 +73,7 @@ def stems(song_path: Path, project: Path, daw: str, preset: str, separate: bool,
     from dr2studio.requests import TakeRequest
     from dr2studio.song import Song
 
-    options = TakeRequest(conform=conform, conform_bpm=conform_bpm, midi=midi)
+    options = TakeRequest(conform=conform, conform_bpm=conform_bpm, source_bpm=source_bpm, midi=midi)
     options.validate()  # a tempo of 0 is refused before the song is read or anything is written
     check_input_audio(song_path)
     layout = project_layout(project, daw)  # a file, an unreadable manifest, or a link out of DIR fails here
