@@ -417,3 +417,45 @@ def test_midi_clients_are_capped(tight_midi):
     finally:
         for c in clients:
             c.close()
+
+
+def test_take_options_over_midi_follow_the_request_layer(app, tmp_path):
+    """CC 26 / 27 and SysEx 7 set tempo conform, MIDI and the stated source tempo of later takes, through the
+    same request checks as OSC and the CLI; a refused change is an error event and changes nothing."""
+    from dr2studio.bridge.midi import CC_CONFORM, CC_TAKE_MIDI, CMD_SOURCE_TEMPO
+    from dr2studio.requests import TakeRequest
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    c = MidiClient(app.midi_tcp.port)
+
+    def options_become(expected: TakeRequest) -> None:
+        end = time.monotonic() + TIMEOUT
+        while app.bridge.take_options != expected:
+            assert time.monotonic() < end, f"take options {app.bridge.take_options} never became {expected}"
+            time.sleep(0.01)
+
+    try:
+        c.send(encode_sysex(CMD_OPEN, f"{project}\ngeneric"))
+        c.cc(CC_CONFORM, 127)
+        options_become(TakeRequest(conform=True))
+        c.send(encode_sysex(CMD_SOURCE_TEMPO, "136"))
+        c.cc(CC_TAKE_MIDI, 100)
+        options_become(TakeRequest(conform=True, source_bpm=136.0, midi=True))
+        c.cc(CC_CONFORM, 1)  # back to the default by model; the stated source tempo stays
+        options_become(TakeRequest(conform=None, source_bpm=136.0, midi=True))
+        c.send(encode_sysex(CMD_SOURCE_TEMPO, "5000"))
+        assert "source_bpm must be a number in [20, 999] bpm" in c.until("/dr2/error")[1]
+        c.send(encode_sysex(CMD_SOURCE_TEMPO, "fast"))
+        assert "SysEx source tempo 'fast' is not a number" in c.until("/dr2/error")[1]
+        assert app.bridge.take_options == TakeRequest(conform=None, source_bpm=136.0, midi=True)
+        c.cc(CC_CONFORM, 0)  # off drops the stated source tempo with it
+        c.cc(CC_TAKE_MIDI, 0)
+        options_become(TakeRequest(conform=False))
+        c.send(encode_sysex(CMD_SOURCE_TEMPO, "120"))
+        assert "source_bpm is given but conform is off" in c.until("/dr2/error")[1]
+        c.send(encode_sysex(CMD_SOURCE_TEMPO, ""))  # clearing is always fine
+        time.sleep(0.2)
+        assert app.bridge.take_options == TakeRequest(conform=False)
+    finally:
+        c.close()

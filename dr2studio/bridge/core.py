@@ -333,9 +333,17 @@ class Bridge:
 
     def set_midi(self, on: int) -> None:
         """Write a ``.mid`` per pitched stem with later takes (``/dr2/take/midi i:on``)."""
+        self.update_take_options(midi=bool(on))
+
+    def update_take_options(self, **changes: Any) -> None:
+        """Change some fields of the take options of later takes (the MIDI door's CCs and SysEx), checked by
+        the request layer; a refused change leaves the options as they were."""
         with self._lock:
             self.require_session()
-            self.take_options = dataclasses.replace(self.take_options, midi=bool(on))
+            options = dataclasses.replace(self.take_options, **changes)
+            with refused():
+                options.validate()
+            self.take_options = options
 
     def define_section(self, sec_id: str, kind: str, start_beats: float, length_beats: float) -> None:
         with self._lock:

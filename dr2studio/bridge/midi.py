@@ -10,10 +10,14 @@ Control channel 16 (mido channel 15):
   (cfg = value / 127 * 10), CC 23 / 24 seed MSB / LSB (14 bits);
 - notes 48..52 rate the newest take 1..5 stars, on the dimension CC 25 selects (0 overall, 1 musicality,
   2 lyric accuracy, 3 style similarity, 4 audio quality; see :mod:`dr2studio.bridge.rating`);
+- CC 26 tempo conform of later takes to the session tempo (0 off, which also drops a stated source
+  tempo; 1..63 the default by model; 64..127 on), CC 27 a ``.mid`` per pitched stem (64..127 on);
 - Song Position Pointer (16th notes: beats = value / 4) and clock / start / continue / stop;
 - SysEx ``F0 7D <cmd> <base64 UTF-8 text> F7``: cmd 1 lyrics of the current section, 2 lyrics of a
   named section (first line = section id), 3 style, 4 tempo, 5 open a session (``path`` then
-  optionally a line with the DAW), 6 define a section (``sec_id kind start_beats length_beats``).
+  optionally a line with the DAW), 6 define a section (``sec_id kind start_beats length_beats``),
+  7 the source tempo of later takes, for conform where their beat reads in half or double time (a
+  number; empty or 0 clears it).
 
 Events travel back as SysEx ``F0 7D 10 <base64 JSON [address, args]> F7`` on the same port, so a
 MIDI-only controller (or a test) sees accepted / progress / stem / done / error.
@@ -48,7 +52,7 @@ from dr2studio.ratings import DIMENSIONS, OVERALL
 log = logging.getLogger(__name__)
 
 __all__ = ["MidiController", "MidiTcpServer", "MidiStream", "open_virtual_port", "encode_sysex", "decode_event",
-           "CONTROL_CHANNEL", "PROGRAM_KINDS", "NOTE_CONTINUE", "NOTE_REGENERATE", "NOTE_CANCEL", "NOTE_COMMIT"]
+           "CONTROL_CHANNEL", "PROGRAM_KINDS", "CC_CONFORM", "CC_TAKE_MIDI", "CMD_SOURCE_TEMPO", "NOTE_CONTINUE", "NOTE_REGENERATE", "NOTE_CANCEL", "NOTE_COMMIT"]
 
 CONTROL_CHANNEL = 15  # "channel 16" in the 1-based numbering DAWs show
 SYSEX_ID = 0x7D
@@ -57,7 +61,9 @@ NOTE_CONTINUE, NOTE_REGENERATE, NOTE_CANCEL, NOTE_COMMIT = 36, 37, 38, 39
 NOTE_RATE_FIRST, CC_RATE_DIMENSION = 48, 25
 RATE_DIMENSIONS = (OVERALL, *DIMENSIONS)  # CC 25 value -> dimension
 PROGRAM_KINDS = ("intro", "verse", "pre-chorus", "chorus", "bridge", "outro", "instrumental")
-CMD_LYRICS, CMD_LYRICS_FOR, CMD_STYLE, CMD_TEMPO, CMD_OPEN, CMD_SECTION, CMD_EVENT = 1, 2, 3, 4, 5, 6, 0x10
+CMD_LYRICS, CMD_LYRICS_FOR, CMD_STYLE, CMD_TEMPO, CMD_OPEN, CMD_SECTION, CMD_SOURCE_TEMPO, CMD_EVENT = 1, 2, 3, 4, 5, 6, 7, 0x10
+#: CC 26: tempo conform of later takes (0 off, 1..63 default by model, 64..127 on); CC 27: MIDI of later takes.
+CC_CONFORM, CC_TAKE_MIDI = 26, 27
 #: Data bytes of one SysEx (between F0 and F7); longer ones are dropped with an error, unbuffered.
 MAX_SYSEX = 64 * 1024
 #: MIDI-over-TCP clients connected at once; one more gets an error event and is closed.
@@ -197,6 +203,13 @@ class MidiController:
                 raise BridgeError(f"CC {CC_RATE_DIMENSION} value {value} is not a rating dimension "
                                   f"(0..{len(RATE_DIMENSIONS) - 1}: {', '.join(RATE_DIMENSIONS)})")
             self.rate_dimension = RATE_DIMENSIONS[value]
+        elif control == CC_CONFORM:
+            if value == 0:  # off: a stated source tempo or fixed target would be refused with it, so they go too
+                self.bridge.update_take_options(conform=False, conform_bpm=None, source_bpm=None)
+            else:
+                self.bridge.update_take_options(conform=True if value >= 64 else None)
+        elif control == CC_TAKE_MIDI:
+            self.bridge.update_take_options(midi=value >= 64)
 
     def _selected(self):
         session = self.bridge.require_session()
@@ -269,6 +282,12 @@ class MidiController:
             except ValueError:
                 raise BridgeError(f"SysEx tempo {text!r:.40} is not a number") from None
             self.bridge.set_tempo(bpm)
+        elif command == CMD_SOURCE_TEMPO:
+            try:
+                source = float(text) if text.strip() else 0.0
+            except ValueError:
+                raise BridgeError(f"SysEx source tempo {text!r:.40} is not a number") from None
+            self.bridge.update_take_options(source_bpm=source or None)
         elif command == CMD_OPEN:
             path, _, daw = text.partition("\n")
             self.bridge.open_session(path.strip(), daw.strip() or "generic")
