@@ -154,3 +154,19 @@ def test_small_models_sample_without_packs(monkeypatch: pytest.MonkeyPatch) -> N
     for _ in sampler.blocks():
         pass
     assert not sampler._packs
+
+
+def test_compiled_graphs_never_look_up_a_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile cannot trace the context variable (a graph break at every linear: the GPU check's compile
+    and CUDA-graph rows would measure fragments); while compiling, PackableLinear is plain F.linear."""
+    layer = PackableLinear(64, 32, bias=False)
+    packs = PackedWeights([layer.weight], rows=20)
+
+    def boom(*_args, **_kwargs):
+        raise AssertionError("a pack was looked up while compiling")
+
+    packs.linear = boom  # type: ignore[method-assign]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x = torch.randn(20, 64)
+    with torch.inference_mode(), activate(packs):
+        assert torch.equal(layer(x), F.linear(x, layer.weight))
