@@ -15,7 +15,9 @@ Speed (float32 results equal to the plain path within float rounding, see ``docs
 time embedding and output modulation of each grid time are computed once per song, not per call
 (:class:`~dr2studio.models.dit.TimeCondition`); latent frames enter the trunk through the folded
 input embedding (:class:`~dr2studio.models.dit.FrameProjection`), one small matmul per call; the
-guidance and Euler update are two fused ops. ``reference_numerics`` keeps the plain path.
+guidance and Euler update are two fused ops; DiTs wider than :data:`SMALL_MODEL_DIM` multiply by float32
+weights packed once per song (:mod:`dr2studio.models.packed_linear`). ``reference_numerics`` keeps the
+plain path.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ class BlockSampler:
     #: result, one forward fewer per block). False restores separate store passes (benchmarks).
     fuse_store: bool = True
     #: Multiply by float32 CPU weights packed once per song, for DiTs wider than SMALL_MODEL_DIM (the
-    #: same results within float rounding, 1.5x faster for the 35.6M configuration; see
+    #: same results within float rounding, 1.4x faster for the 35.6M configuration on 2 threads; see
     #: :mod:`dr2studio.models.packed_linear`). False: plain ``F.linear`` (benchmarks).
     pack_weights: bool = True
 
