@@ -10,8 +10,8 @@ Control channel 16 (mido channel 15):
   (cfg = value / 127 * 10), CC 23 / 24 seed MSB / LSB (14 bits);
 - notes 48..52 rate the newest take 1..5 stars, on the dimension CC 25 selects (0 overall, 1 musicality,
   2 lyric accuracy, 3 style similarity, 4 audio quality; see :mod:`dr2studio.bridge.rating`);
-- CC 26 tempo conform of later takes to the session tempo (0 off, which also drops a stated source
-  tempo; 1..63 the default by model; 64..127 on), CC 27 a ``.mid`` per pitched stem (64..127 on);
+- CC 26 tempo conform of later takes (0 off, which also drops a stated source tempo and a fixed target
+  set over OSC; 1..63 the default by model; 64..127 on), CC 27 a ``.mid`` per pitched stem (64..127 on);
 - Song Position Pointer (16th notes: beats = value / 4) and clock / start / continue / stop;
 - SysEx ``F0 7D <cmd> <base64 UTF-8 text> F7``: cmd 1 lyrics of the current section, 2 lyrics of a
   named section (first line = section id), 3 style, 4 tempo, 5 open a session (``path`` then
