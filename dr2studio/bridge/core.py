@@ -323,13 +323,7 @@ class Bridge:
             raise BridgeError(f"/dr2/take/conform: on must be 1 (on), 0 (off) or -1 (default by model), got {on}")
         if bpm is not None and bpm == 0 and source_bpm is not None:
             bpm = None  # a placeholder before source_bpm: the session's tempo
-        options = TakeRequest(conform=None if on == -1 else bool(on), conform_bpm=bpm, source_bpm=source_bpm,
-                              midi=self.take_options.midi)
-        with refused():
-            options.validate()
-        with self._lock:
-            self.require_session()
-            self.take_options = options
+        self.update_take_options(conform=None if on == -1 else bool(on), conform_bpm=bpm, source_bpm=source_bpm)
 
     def set_midi(self, on: int) -> None:
         """Write a ``.mid`` per pitched stem with later takes (``/dr2/take/midi i:on``)."""
