@@ -774,3 +774,40 @@ def test_a_connection_flood_is_refused_without_threads_and_the_count_recovers(ti
     with socket.create_connection(("127.0.0.1", tight_osc.tcp_port), timeout=5) as s:
         s.sendall(_length_frame("/dr2/ping"))
         assert _read_frames(s, 0.3)[0].address == "/dr2/pong"
+
+
+def test_any_port_finds_one_free_for_udp_and_tcp_both(monkeypatch):
+    """Asked for any port (0), the UDP socket's number may already be taken for TCP (the suite once failed
+    with EADDRINUSE here): the bridge then lets go and tries another number instead of failing to start."""
+    from dr2studio.bridge import osc
+    from dr2studio.bridge.core import Bridge
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    busy = taken.getsockname()[1]
+    real = osc._UdpServer
+    asked: list[int] = []
+
+    class FirstOnTheBusyPort(real):  # the first UDP bind lands on the number TCP cannot have
+        def __init__(self, address, server):
+            asked.append(address[1])
+            super().__init__((address[0], busy) if len(asked) == 1 else address, server)
+
+    monkeypatch.setattr(osc, "_UdpServer", FirstOnTheBusyPort)
+    bridge = Bridge(engine=None)
+    server = osc.OscServer(bridge, host="127.0.0.1", port=0).start()
+    try:
+        assert len(asked) == 2 and server.udp_port == server.tcp_port != busy
+        client = _DawClient(server.udp_port)
+        try:
+            client.send("/dr2/ping")
+            assert client.reply("/dr2/pong", "/dr2/error")[0] == "/dr2/pong"
+        finally:
+            client.close()
+        with pytest.raises(OSError):  # a port the caller named is never swapped for another
+            osc.OscServer(bridge, host="127.0.0.1", port=busy)
+    finally:
+        server.close()
+        bridge.close()
+        taken.close()

@@ -277,8 +277,7 @@ class OscServer:
         self._udp_subs: list[tuple[str, int]] = []
         self._tcp_subs: list[_TcpConnection] = []
         self._local = threading.local()
-        self._udp = _UdpServer((host, port), self)
-        self._tcp = _TcpServer((host, self._udp.server_address[1] if port == 0 else port), self) if tcp else None
+        self._udp, self._tcp = _bind_pair(host, port, tcp, self)
         self._threads: list[threading.Thread] = []
         bridge.add_sink(self._broadcast)
 
@@ -492,6 +491,30 @@ class OscServer:
 
 
 # ---------------------------------------------------------------------------------------- transports
+
+#: Tries at finding a free port number for UDP and TCP both when the caller asks for any port (0).
+_PAIR_TRIES = 20
+
+
+def _bind_pair(host: str, port: int, tcp: bool, osc: OscServer) -> tuple[_UdpServer, _TcpServer | None]:
+    """The UDP server and (``tcp``) the TCP server on one port number.
+
+    With ``port`` 0 the UDP socket gets a free port from the system, but the same number may be taken
+    for TCP (another process, a socket in TIME_WAIT): then both are let go and another number is tried.
+    """
+    for attempt in range(_PAIR_TRIES if port == 0 else 1):
+        udp = _UdpServer((host, port), osc)
+        if not tcp:
+            return udp, None
+        try:
+            return udp, _TcpServer((host, udp.server_address[1]), osc)
+        except OSError as exc:
+            udp.server_close()
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt == _PAIR_TRIES - 1:
+                raise
+            log.debug("port %d is free for UDP but not for TCP; trying another", udp.server_address[1])
+    raise AssertionError("unreachable")
+
 
 class _UdpServer(socketserver.UDPServer):
     """Single-threaded on purpose: requests from a client keep their order."""
